@@ -1,0 +1,1467 @@
+# docs and experiment results can be found at docs/hieros.md
+#
+# HIEROS: Hierarchical Imagination on Structured State Space Sequence World Models (Mattes, Schlosser, Herbrich;
+# arXiv 2310.05167, ICML 2024) in one PyTorch file, CleanRL style. Spec: shared/specs/hieros.md.
+#
+# Usage
+#   python hieros_s5_torch.py --env-id atari100k_pong                                 # paper config, 3 levels (GPU!)
+#   python hieros_s5_torch.py --env-id crafter --total-timesteps 1000000
+#   python hieros_s5_torch.py --env-id CartPole-v1 --model-size small --max-hierarchy 1 --train-ratio 64 \
+#       --batch-size 16 --batch-length 32 --total-timesteps 30000 --actor-lr 1e-4 --critic-lr 1e-4 --model-lr 3e-4
+#   python hieros_s5_torch.py --env-id crafter --model-size debug --total-timesteps 200 --batch-size 2 --batch-length 8
+#   python hieros_s5_torch.py --evaluate runs/<run>/hieros_s5_torch.cleanrl_model --env-id crafter --eval-episodes 5
+#   python hieros_s5_torch.py --resume runs/<run>/checkpoint.pt --env-id crafter ...  # same flags as the first run
+#
+# Decisions (spec section 0). The paper run, not the HEAD defaults of Snagnar/Hieros: ETBS replay with temperature
+# 0.3, S5 dropout 0.1, MLP 2x512 for levels >= 1, 3 levels acting/training every 4^L steps, 8x8 subgoal codes,
+# reward weights 1.0/0.3/0.1 with novelty only at levels >= 1, batch 16x64, train ratio 1024, horizon 16, fp32.
+# Bugs of the original, fixed by default, each reproducible with a flag:
+#   action alignment in observe()   fixed: the S5 input at t is a_{t-1}           --no-action-shift
+#   lambda-return indexing          fixed: r and c of s_{t+1} (DreamerV3)         --original-return-indexing
+#   ETBS scale M                    fixed: M = current replay size                --etbs-max-len capacity
+#   actor advantage                 fixed: each head / max(1, p95 - p5)          --raw-advantage
+# Open quirks of the original, decided here (see docs/hieros.md "Implementation details"):
+#   8-factor log-prob/entropy: summed over factors (the joint log-prob); --factor-logprob-mean restores the mean.
+#   subgoal AE decoder: ends in a plain Linear (the original's last LN+GELU bounds the output below by -0.17).
+#   novelty reward: compares symlog(h) with the reconstruction (the original compared the raw h).
+#   AdamW weight decay: 0 by default (the original inherited torch's 0.01 implicitly); --weight-decay 0.01.
+#   time limits: `truncated` is not terminal (common/ gives is_terminal = terminated only).
+#   one-step lag of the latent handed up a level: removed (levels filter bottom-up, then decide top-down).
+import copy
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, fields
+from typing import Literal, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+from common import (
+    CRAFTER_ACHIEVEMENTS,
+    EnvIdError,
+    EpisodeFlags,
+    crafter_score,
+    crafter_success_rates,
+    episode_stats,
+    make_env,
+    make_vector_env,
+)
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment (python, numpy, torch, envs, replay)"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available (falls back to the CPU with a loud warning)"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "cleanwm"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to capture videos of the agent performances (check out `videos` folder)"""
+    save_model: bool = False
+    """whether to save the final model into `runs/{run_name}` and evaluate it"""
+
+    # Algorithm specific arguments
+    env_id: str = "atari100k_pong"
+    """the id of the environment: crafter, crafter_noreward, atari100k_<game> or any gymnasium id"""
+    total_timesteps: int = 100_000
+    """total env (policy) steps, summed over envs (Atari100k: 100k steps = 400k frames)"""
+    num_envs: int = 1
+    """the number of parallel environments"""
+    model_size: Literal["debug", "small", "paper"] = "paper"
+    """size preset: debug (tiny, tests/CI), small (CartPole-scale), paper (the Atari100k config of the paper)"""
+    train_ratio: float = 1024.0
+    """replayed steps per policy step at level 0 (1024 with 16x64 = one level-0 update per env step)"""
+    batch_size: int = 16
+    """replay batch: number of sequences"""
+    batch_length: int = 64
+    """replay batch: steps per sequence"""
+    learning_starts: Optional[int] = None
+    """policy steps collected before the first update (default: batch_size * batch_length)"""
+    checkpoint_every: int = 0
+    """write the full training state every N policy steps into runs/{run_name}/checkpoint.pt (0 = never)"""
+    checkpoint_replay: bool = True
+    """include the replay buffers in checkpoints (Atari100k ~1.2 GB; a resume without them refills the replay)"""
+    resume: Optional[str] = None
+    """continue training from this checkpoint (same config; the step counter continues)"""
+    evaluate: Optional[str] = None
+    """evaluation mode: load this .cleanrl_model or checkpoint, run --eval-episodes greedy episodes, and exit"""
+    eval_episodes: int = 10
+    """episodes for the evaluation after training / in evaluation mode"""
+    log_every: int = 100
+    """write losses and diagnostics every N level-0 updates (the only host syncs of the training step)"""
+    progress_every: int = 1000
+    """print a progress line every N policy steps"""
+
+    # world model (S5WM)
+    model_lr: float = 1e-4
+    """world-model learning rate (AdamW, eps 1e-8, clip 1000, linear warmup)"""
+    model_warmup: int = 1000
+    """linear learning-rate warmup of the world model, in updates"""
+    dropout: float = 0.1
+    """dropout at both sites of every double S5 block (paper era 0.1; 0.0 at the original's HEAD)"""
+    free_nats: float = 1.0
+    """KL free bits per sample"""
+    kl_dyn_scale: float = 0.5
+    """scale of KL(sg(q) || p)"""
+    kl_rep_scale: float = 0.1
+    """scale of KL(q || sg(p))"""
+    action_shift: bool = True
+    """feed a_{t-1} to the S5 at step t (fixed); --no-action-shift feeds a_t as the original's observe() did"""
+    weight_decay: float = 0.0
+    """decoupled AdamW weight decay of all optimisers (the original used torch's implicit 0.01)"""
+    # actor / critic
+    imag_horizon: int = 16
+    """imagination horizon K, in each level's own steps"""
+    gamma: float = 0.997
+    """discount factor"""
+    lmbda: float = 0.95
+    """lambda of the lambda-returns"""
+    actor_lr: float = 3e-5
+    """actor learning rate (AdamW, eps 1e-5, clip 100)"""
+    critic_lr: float = 3e-5
+    """critic learning rate (one critic per reward head, AdamW, eps 1e-5, clip 100)"""
+    entropy_coef: float = 3e-4
+    """actor entropy regulariser eta"""
+    slow_critic_mix: float = 0.02
+    """EMA mix of the slow critic, every update"""
+    original_return_indexing: bool = False
+    """use r(s_t), c(s_t) in the lambda-return as the original (default: DreamerV3's r(s_{t+1}), c(s_{t+1}))"""
+    raw_advantage: bool = False
+    """use the original's unnormalised advantage (default: each head divided by its return scale max(1, p95 - p5))"""
+    factor_logprob_mean: bool = False
+    """average log-prob/entropy over the 8 subgoal factors as the original (default: sum, the joint log-prob)"""
+    # hierarchy
+    max_hierarchy: int = 3
+    """number of levels (1 = flat S5-Dreamer without subgoals)"""
+    subactor_update_every: int = 4
+    """level L acts every subactor_update_every^L env steps"""
+    subactor_train_every: int = 4
+    """level L trains on every subactor_train_every^L-th train call"""
+    subactor_encode_intermediate: int = 4
+    """levels >= 1 observe the last N latents of the level below (FIFO)"""
+    extrinsic_reward_weight: float = 1.0
+    """weight of the extrinsic head in the advantage mix"""
+    subgoal_reward_weight: float = 0.3
+    """weight of the subgoal (max-cosine) head"""
+    novelty_reward_weight: float = 0.1
+    """weight of the novelty (autoencoder error) head"""
+    novelty_only_higher_level: bool = True
+    """novelty reward only at levels >= 1 (the paper sweep); --no-novelty-only-higher-level adds it at level 0"""
+    subgoal_lr: float = 1e-4
+    """subgoal autoencoder learning rate (AdamW, eps 1e-6, clip 100)"""
+    subgoal_kl_scale: float = 0.5
+    """scale of KL(code || uniform) in the subgoal autoencoder loss"""
+    # replay
+    replay: Literal["etbs", "uniform"] = "etbs"
+    """replay sampler: efficient time-balanced sampling or uniform"""
+    replay_temperature: float = 0.3
+    """ETBS temperature tau (0 = uniform, 1 = pure ETBS)"""
+    etbs_max_len: Literal["current", "capacity"] = "current"
+    """ETBS scale M: current replay size (fixed) or the capacity (the original's wiring)"""
+    buffer_size: int = 1_000_000
+    """replay capacity per level, in steps (summed over envs)"""
+    # speed
+    compile: bool = False
+    """torch.compile the world-model loss (off by default)"""
+    bf16_autocast: bool = False
+    """bfloat16 autocast for the dense layers (the S5 scan stays in float32); fast on CPUs with AMX"""
+    threads: int = 0
+    """torch intra-op CPU threads (0 = torch's default, except 1 for the debug preset: tiny ops lose to thread overhead)"""
+
+
+# Size presets (spec section 4 "paper run"). `small` is a CartPole-scale model, `debug` the tiny one of tests and CI.
+SIZES = {
+    "debug": dict(stoch=4, classes=4, deter=16, hidden=16, s5_width=16, s5_state=8, s5_init_blocks=2, s5_blocks=1,
+                  cnn_depth=4, mlp_units=32, mlp_layers=1, head_units=32, head_layers=1),
+    "small": dict(stoch=16, classes=16, deter=128, hidden=128, s5_width=128, s5_state=32, s5_init_blocks=2, s5_blocks=2,
+                  cnn_depth=16, mlp_units=256, mlp_layers=2, head_units=128, head_layers=2),
+    "paper": dict(stoch=32, classes=32, deter=256, hidden=256, s5_width=256, s5_state=128, s5_init_blocks=4, s5_blocks=4,
+                  cnn_depth=24, mlp_units=512, mlp_layers=2, head_units=256, head_layers=2),
+}  # fmt: skip
+CODE_FACTORS, CODE_CLASSES = 8, 8  # subgoal code: 8 categorical factors with 8 classes each -> 64-d
+REWARD_BINS = 255  # two-hot bins on [-20, 20] in symlog space
+# config fields that may differ between a checkpoint and the resumed run
+HARMLESS_FIELDS = {"exp_name", "threads", "total_timesteps", "track", "wandb_project_name", "wandb_entity", "resume", "evaluate",
+                   "checkpoint_every", "checkpoint_replay", "capture_video", "save_model", "eval_episodes", "log_every",
+                   "progress_every", "cuda", "compile", "torch_deterministic"}  # fmt: skip
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line on stderr with exit status 2."""
+
+
+# ======================================================================================================================
+# 1. Small helpers: symlog, two-hot, straight-through categoricals, MLPs
+# ======================================================================================================================
+
+
+def symlog(x):
+    return torch.sign(x) * torch.log1p(x.abs())  # symlog(x) = sign(x) ln(1 + |x|)
+
+
+def symexp(x):
+    return torch.sign(x) * torch.expm1(x.abs())  # inverse of symlog
+
+
+class TwoHot:
+    """Categorical over 255 bins placed uniformly on [-20, 20] in symlog space (DreamerV3's reward / value head)."""
+
+    def __init__(self, logits):
+        self.logits = logits.float()  # (..., 255)
+        self.bins = torch.linspace(-20.0, 20.0, REWARD_BINS, device=logits.device)
+
+    def mean(self):  # E[y] = symexp(sum_k p_k b_k)
+        return symexp((self.logits.softmax(-1) * self.bins).sum(-1))
+
+    def log_prob(self, y):  # log p(y) = sum_k twohot_k(symlog y) log p_k
+        x = symlog(y.float()).clamp(-20.0, 20.0)
+        below = (torch.bucketize(x, self.bins, right=True) - 1).clamp(0, REWARD_BINS - 1)
+        above = (below + 1).clamp(max=REWARD_BINS - 1)
+        span = self.bins[above] - self.bins[below]
+        w_above = torch.where(span > 0, (x - self.bins[below]) / span.clamp(min=1e-8), torch.zeros_like(x))
+        target = F.one_hot(below, REWARD_BINS) * (1 - w_above)[..., None] + F.one_hot(above, REWARD_BINS) * w_above[..., None]
+        return (target * self.logits.log_softmax(-1)).sum(-1)
+
+
+def unimix_probs(logits, unimix=0.01):
+    """p = (1 - u) softmax(logits) + u / C: every class keeps some mass (DreamerV3)."""
+    return (1 - unimix) * logits.float().softmax(-1) + unimix / logits.shape[-1]
+
+
+def onehot_straight_through(probs, sample=True):
+    """One-hot sample (Gumbel-max) or mode of `probs` (..., C), with the straight-through gradient of probs.
+
+    The forward value is exactly one-hot: onehot + (probs - sg(probs)) adds an exact zero.
+    """
+    if sample:
+        gumbel = -torch.log(-torch.log(torch.rand_like(probs).clamp(1e-20, 1.0)).clamp(min=1e-20))
+        index = (probs.log() + gumbel).argmax(-1)
+    else:
+        index = probs.argmax(-1)
+    return F.one_hot(index, probs.shape[-1]).to(probs.dtype) + (probs - probs.detach())
+
+
+def categorical_entropy(probs):
+    return -(probs * probs.clamp(min=1e-12).log()).sum(-1)
+
+
+def mlp(inp, units, layers, out=None, act=nn.SiLU, bias_out=True):
+    """layers x [Linear(no bias) -> LayerNorm(eps 1e-3) -> act], then an optional output Linear."""
+    mods, d = [], inp
+    for _ in range(layers):
+        mods += [nn.Linear(d, units, bias=False), nn.LayerNorm(units, eps=1e-3), act()]
+        d = units
+    if out is not None:
+        mods.append(nn.Linear(d, out, bias=bias_out))
+    return nn.Sequential(*mods)
+
+
+def dreamer_init(module):
+    """Truncated normal with fan_avg variance (the Dreamer `weight_init`) for Linear and conv layers."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            fan_in = m.weight[0].numel() if isinstance(m, nn.Linear) else m.weight.shape[1] * m.weight[0, 0].numel()
+            fan_out = m.weight.shape[0] * (m.weight[0, 0].numel() if m.weight.dim() > 2 else 1)
+            std = math.sqrt(1.0 / ((fan_in + fan_out) / 2)) / 0.87962566103423978
+            nn.init.trunc_normal_(m.weight, 0.0, std, -2 * std, 2 * std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def zero_last(seq):
+    """Zero the output layer of a head (reward and critic start by predicting 0)."""
+    nn.init.zeros_(seq[-1].weight)
+    nn.init.zeros_(seq[-1].bias)
+
+
+# ======================================================================================================================
+# 2. The S5 layer: HiPPO-LegS init, ZOH discretisation, resettable parallel scan, recurrent step
+# ======================================================================================================================
+
+
+def make_hippo_legs(n):
+    """DPLR form of HiPPO-LegS (S4/S5): returns Lambda (n,) complex and the unitary eigenvectors V (n, n).
+
+    A_nk = -sqrt((2n+1)(2k+1)) for n > k, A_nn = -(n+1), 0 above the diagonal;  P_n = sqrt(n + 1/2);
+    S = A + P P^T = -1/2 I + (skew-symmetric).  -i * skew is Hermitian -> eigh gives real w and unitary V, so
+    S = V diag(-1/2 + i w) V^H  and  Lambda = -1/2 + i w.
+    """
+    q = np.sqrt(2 * np.arange(n) + 1.0)
+    a = -np.tril(np.outer(q, q), -1) - np.diag(np.arange(n) + 1.0)
+    p = np.sqrt(np.arange(n) + 0.5)
+    s = a + np.outer(p, p)
+    diag = np.diagonal(s)  # all -0.5
+    w, v = np.linalg.eigh(-1j * (s - np.diag(diag)))
+    return diag.mean() + 1j * w, v
+
+
+def hippo_init(p, j):
+    """J independent HiPPO-LegS blocks of size P/J: Lambda tiled J times (P,), V block diagonal (P, P)."""
+    lam, v = make_hippo_legs(p // j)
+    vb = np.zeros((p, p), np.complex128)
+    for b in range(j):
+        vb[b * (p // j) : (b + 1) * (p // j), b * (p // j) : (b + 1) * (p // j)] = v
+    return np.tile(lam, j), vb
+
+
+def discretize_zoh(lam, b_tilde, delta):
+    """Zero-order hold: Lambda_bar = exp(Lambda Delta),  B_bar = (Lambda_bar - 1) / Lambda * B_tilde."""
+    lam_bar = torch.exp(lam * delta)  # (P,)
+    return lam_bar, ((lam_bar - 1) / lam)[:, None] * b_tilde  # (P,), (P, H)
+
+
+def reset_combine(a_i, b_i, d_i, a_j, b_j, d_j):
+    """The resettable scan operator, earlier element i with later element j (Lu et al. 2023):
+
+    (a_i, b_i, d_i) . (a_j, b_j, d_j) = (a_j, b_j, d_j)                    if d_j = 1
+                                      = (a_j a_i, a_j b_i + b_j, d_i)      otherwise
+    d = 1 means "this segment contains a reset", so nothing before it leaks through.
+    """
+    keep = 1 - d_j
+    return a_j * (keep * a_i + d_j), b_j + keep * a_j * b_i, torch.maximum(d_i, d_j)
+
+
+def resettable_scan(a, b, d):
+    """Inclusive Hillis-Steele scan of reset_combine along time (dim 1): log2(T) vectorised rounds, no time loop.
+
+    a, b: (B, T, P) complex; d: (B, T, 1) float in {0, 1}. Returns x (B, T, P) with
+    x_t = (1 - d_t) a_t x_{t-1} + b_t,  x_0 = 0   (a reset makes x_t = b_t).
+    """
+    k, t = 1, b.shape[1]
+    while k < t:  # round k: element t absorbs the segment ending at t - k (identity (1, 0, 0) before the start)
+        a_i = torch.cat([torch.ones_like(a[:, :k]), a[:, :-k]], 1)
+        b_i = torch.cat([torch.zeros_like(b[:, :k]), b[:, :-k]], 1)
+        d_i = torch.cat([torch.zeros_like(d[:, :k]), d[:, :-k]], 1)
+        a, b, d = reset_combine(a_i, b_i, d_i, a, b, d)
+        k *= 2
+    return b
+
+
+def lecun_trunc_normal(shape, fan_in):
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
+    return nn.init.trunc_normal_(torch.empty(shape, dtype=torch.float64), 0.0, std, -2 * std, 2 * std)
+
+
+class S5SSM(nn.Module):
+    """Diagonal complex SSM: x_t = Lambda_bar x_{t-1} + B_bar u_t,  y_t = Re(C x_t) + D u_t.
+
+    Full P eigenvalues (conjugate pairs kept, no factor 2), as in the Hieros code; one timescale per state.
+    """
+
+    def __init__(self, h, p, j, dt_min=1e-3, dt_max=1e-1):
+        super().__init__()
+        lam, v = hippo_init(p, j)  # (P,), (P, P)
+        v = torch.from_numpy(v)
+        self.lambda_re = nn.Parameter(torch.tensor(lam.real, dtype=torch.float32))  # (P,) -0.5, not clipped
+        self.lambda_im = nn.Parameter(torch.tensor(lam.imag, dtype=torch.float32))  # (P,)
+        b = v.conj().T @ lecun_trunc_normal((p, h), p).to(v.dtype)  # B_tilde = V^-1 B = V^H B    (P, H)
+        self.B = nn.Parameter(torch.stack([b.real, b.imag], -1).float())  # (P, H, 2)
+        c = lecun_trunc_normal((h, p, 2), p * h)
+        c = torch.complex(c[..., 0], c[..., 1]) @ v  # C_tilde = C V                                 (H, P)
+        self.C = nn.Parameter(torch.stack([c.real, c.imag], -1).float())  # (H, P, 2)
+        self.D = nn.Parameter(torch.rand(h))  # U[0, 1) as the original
+        self.log_step = nn.Parameter(torch.empty(p).uniform_(math.log(dt_min), math.log(dt_max)))  # (P,)
+
+    def discrete(self):
+        lam = torch.complex(self.lambda_re, self.lambda_im)
+        return discretize_zoh(lam, torch.complex(self.B[..., 0], self.B[..., 1]), self.log_step.exp())
+
+    def _bu(self, u, b_bar):  # B_bar u with real matmuls: (..., H) -> (..., P) complex
+        return torch.complex(u @ b_bar.real.T, u @ b_bar.imag.T)
+
+    def _y(self, x, u):  # y = Re(C x) + D u = C_re x_re - C_im x_im + D u           (..., H)
+        return x.real @ self.C[..., 0].T - x.imag @ self.C[..., 1].T + self.D * u
+
+    def forward(self, u, reset):
+        """Parallel form. u (B, T, H), reset (B, T) -> y (B, T, H), x (B, T, P) complex, from x_0 = 0."""
+        with torch.autocast(u.device.type, enabled=False):
+            u = u.float()
+            lam_bar, b_bar = self.discrete()
+            bu = self._bu(u, b_bar)  # (B, T, P)
+            x = resettable_scan(lam_bar.expand_as(bu), bu, reset.float()[..., None])
+            return self._y(x, u), x
+
+    def step(self, u, x):
+        """Recurrent form. u (N, H), x (N, P) complex -> y (N, H), x' (N, P)."""
+        with torch.autocast(u.device.type, enabled=False):
+            u = u.float()
+            lam_bar, b_bar = self.discrete()
+            x = lam_bar * x + self._bu(u, b_bar)
+            return self._y(x, u), x
+
+
+class DoubleS5Block(nn.Module):
+    """Pre-LN residual block with two SSMs (the original's ReworkedDoubleS5Block, ff_layers=0, attn_linear):
+
+    x <- x + Dropout(GELU(W1 S5_1(LN1(x))));  x <- x + Dropout(GELU(W2 S5_2(LN2(x))));  out = x + LN3(x)
+    Block state = concat of the two SSM states (2P complex).
+    """
+
+    def __init__(self, h, p, j, dropout):
+        super().__init__()
+        self.ln1, self.ln2, self.ln3 = nn.LayerNorm(h), nn.LayerNorm(h), nn.LayerNorm(h)
+        self.ssm1, self.ssm2 = S5SSM(h, p, j), S5SSM(h, p, j)
+        self.w1, self.w2 = nn.Linear(h, h, bias=False), nn.Linear(h, h, bias=False)
+        self.dropout = dropout
+
+    def _mix(self, w, y):
+        return F.dropout(F.gelu(w(y)), self.dropout, self.training)
+
+    def forward(self, x, reset):  # x (B, T, H) -> (B, T, H), state (B, T, 2P)
+        y1, s1 = self.ssm1(self.ln1(x), reset)
+        x = x + self._mix(self.w1, y1)
+        y2, s2 = self.ssm2(self.ln2(x), reset)
+        x = x + self._mix(self.w2, y2)
+        return x + self.ln3(x), torch.cat([s1, s2], -1)
+
+    def step(self, x, state):  # x (N, H), state (N, 2P)
+        p = state.shape[-1] // 2
+        y1, s1 = self.ssm1.step(self.ln1(x), state[:, :p])
+        x = x + self._mix(self.w1, y1)
+        y2, s2 = self.ssm2.step(self.ln2(x), state[:, p:])
+        x = x + self._mix(self.w2, y2)
+        return x + self.ln3(x), torch.cat([s1, s2], -1)
+
+
+class S5Stack(nn.Module):
+    """num_blocks double blocks; the state of the stack is (N, num_blocks, 2P) complex."""
+
+    def __init__(self, h, p, j, num_blocks, dropout):
+        super().__init__()
+        self.blocks = nn.ModuleList([DoubleS5Block(h, p, j, dropout) for _ in range(num_blocks)])
+        self.state_shape = (num_blocks, 2 * p)
+
+    def forward(self, u, reset):  # u (B, T, H), reset (B, T) -> y (B, T, H), states (B, T, nb, 2P)
+        states = []
+        for block in self.blocks:
+            u, s = block(u, reset)
+            states.append(s)
+        return u, torch.stack(states, -2)
+
+    def step(self, u, state):  # u (N, H), state (N, nb, 2P) -> y (N, H), state'
+        new = []
+        for i, block in enumerate(self.blocks):
+            u, s = block.step(u, state[:, i])
+            new.append(s)
+        return u, torch.stack(new, 1)
+
+
+# ======================================================================================================================
+# 3. Encoders and decoders: CNN for images, symlog MLP for vectors (CartPole, and the latents of levels >= 1)
+# ======================================================================================================================
+
+
+class ChannelLN(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.ln = nn.LayerNorm(c, eps=1e-3)
+
+    def forward(self, x):  # (N, C, H, W): normalise over channels
+        return self.ln(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ConvEncoder(nn.Module):
+    """64x64x3 uint8 -> 4 stride-2 k4 convs with depth*{1,2,4,8} channels, channel-LN + SiLU -> 16*8*depth."""
+
+    def __init__(self, shape, depth):
+        super().__init__()
+        layers, c = [], shape[-1]
+        for i in range(4):
+            layers += [nn.Conv2d(c, depth * 2**i, 4, 2, 1, bias=False), ChannelLN(depth * 2**i), nn.SiLU()]
+            c = depth * 2**i
+        self.net = nn.Sequential(*layers)
+        self.out_dim = c * (shape[0] // 16) * (shape[1] // 16)
+
+    def forward(self, obs):  # (..., 64, 64, 3) uint8 -> (..., E)
+        lead = obs.shape[:-3]
+        x = obs.reshape(-1, *obs.shape[-3:]).permute(0, 3, 1, 2).float() / 255.0 - 0.5
+        return self.net(x).reshape(*lead, -1)
+
+
+class ConvDecoder(nn.Module):
+    """feat -> Linear -> (8*depth, 4, 4) -> 4 transposed convs -> 64x64x3 in [-0.5, 0.5] units."""
+
+    def __init__(self, feat, shape, depth):
+        super().__init__()
+        self.shape, self.c0 = shape, 8 * depth
+        self.inp = nn.Linear(feat, self.c0 * (shape[0] // 16) * (shape[1] // 16))
+        layers, c = [], self.c0
+        for i in range(4):
+            out = shape[-1] if i == 3 else c // 2
+            layers.append(nn.ConvTranspose2d(c, out, 4, 2, 1, bias=i == 3))
+            if i < 3:
+                layers += [ChannelLN(out), nn.SiLU()]
+            c = out
+        self.net = nn.Sequential(*layers)
+
+    def loss(self, feat, obs):  # MSE summed over pixels: (B, T)
+        lead = feat.shape[:-1]
+        x = self.inp(feat.reshape(-1, feat.shape[-1])).reshape(-1, self.c0, self.shape[0] // 16, self.shape[1] // 16)
+        pred = self.net(x).permute(0, 2, 3, 1).reshape(*lead, *self.shape).float()
+        target = obs.float() / 255.0 - 0.5
+        return ((pred - target) ** 2).sum((-3, -2, -1))
+
+
+class MLPEncoder(nn.Module):
+    def __init__(self, dim, units, layers):
+        super().__init__()
+        self.net, self.out_dim = mlp(dim, units, layers), units
+
+    def forward(self, obs):  # symlog inputs
+        return self.net(symlog(obs.float()))
+
+
+class MLPDecoder(nn.Module):
+    def __init__(self, feat, dim, units, layers):
+        super().__init__()
+        self.net = mlp(feat, units, layers, out=dim)
+
+    def loss(self, feat, obs):  # symlog-MSE summed over dimensions
+        return ((self.net(feat).float() - symlog(obs.float())) ** 2).sum(-1)
+
+
+# ======================================================================================================================
+# 4. S5WM: the S5 world model (spec 1.4-1.5)
+# ======================================================================================================================
+
+
+def kl_categorical(p_probs, q_probs):
+    """KL(p || q) summed over the stochastic variables: (..., S, C) -> (...)."""
+    return (p_probs * (p_probs.clamp(min=1e-12).log() - q_probs.clamp(min=1e-12).log())).sum((-2, -1))
+
+
+def kl_loss(post_logits, prior_logits, free=1.0, dyn_scale=0.5, rep_scale=0.1):
+    """dyn 0.5 max(free, KL(sg q || p)) + rep 0.1 max(free, KL(q || sg p)), per sample (free bits: no gradient below)."""
+    q, p = unimix_probs(post_logits), unimix_probs(prior_logits)  # (..., S, C)
+    dyn = kl_categorical(q.detach(), p)
+    rep = kl_categorical(q, p.detach())
+    return dyn_scale * dyn.clamp(min=free) + rep_scale * rep.clamp(min=free), dyn, rep
+
+
+class S5WM(nn.Module):
+    """Posterior from the embedding only, prior from the S5 output path, deter from the S5 hidden states.
+
+    latent state: z (N, S*C) one-hot, h (N, D) = symlog(W_s Re[x] + b_s), x (N, nb, 2P) complex SSM states.
+    """
+
+    def __init__(self, obs_shape, image, act_dim, cfg, args, vector_units):
+        super().__init__()
+        self.S, self.C, self.D = cfg["stoch"], cfg["classes"], cfg["deter"]
+        self.Z, self.A, self.action_shift = self.S * self.C, act_dim, args.action_shift
+        h, feat = cfg["s5_width"], self.S * self.C + cfg["deter"]
+        if image:
+            self.encoder = ConvEncoder(obs_shape, cfg["cnn_depth"])
+            self.decoder = ConvDecoder(feat, obs_shape, cfg["cnn_depth"])
+        else:
+            self.encoder = MLPEncoder(int(np.prod(obs_shape)), vector_units, cfg["mlp_layers"])
+            self.decoder = MLPDecoder(feat, int(np.prod(obs_shape)), vector_units, cfg["mlp_layers"])
+        self.obs_out = mlp(self.encoder.out_dim, cfg["hidden"], 1, out=self.Z)  # posterior logits
+        self.inp = nn.Sequential(nn.Linear(self.Z + act_dim, h, bias=False), nn.LayerNorm(h, eps=1e-3), nn.SiLU())
+        self.stack = S5Stack(h, cfg["s5_state"], cfg["s5_init_blocks"], cfg["s5_blocks"], args.dropout)
+        self.seq_out = nn.Linear(h, self.D)  # "raw deter" h~
+        self.img_out = mlp(self.D, cfg["hidden"], 1, out=self.Z)  # prior logits
+        self.state_out = nn.Linear(cfg["s5_blocks"] * 2 * cfg["s5_state"], self.D)  # state_as_deter
+        self.init_w = nn.Parameter(torch.zeros(self.D))  # learned initial state (zero init)
+        self.reward = mlp(feat, cfg["head_units"], cfg["head_layers"], out=REWARD_BINS)
+        self.cont = mlp(feat, cfg["head_units"], cfg["head_layers"], out=1)
+        dreamer_init(self)
+        zero_last(self.reward)
+
+    def initial(self, n, device=None):
+        """h_init = GELU(W), z_init = mode(prior(h_init)), x = 0."""
+        h = F.gelu(self.init_w)
+        z = F.one_hot(self.img_out(h).reshape(self.S, self.C).argmax(-1), self.C).float().reshape(-1)
+        x = torch.zeros(n, *self.stack.state_shape, dtype=torch.complex64, device=h.device)
+        return dict(z=z.expand(n, -1), h=h.expand(n, -1), x=x)
+
+    def _deter(self, x):  # h = symlog(W_s Re[x^1..x^nb] + b_s)
+        return symlog(self.state_out(x.real.flatten(-2)))
+
+    def post(self, embed, sample=True):  # q(z_t | o_t): logits (..., S, C), z (..., S*C)
+        logits = self.obs_out(embed).reshape(*embed.shape[:-1], self.S, self.C).float()
+        return logits, onehot_straight_through(unimix_probs(logits), sample).flatten(-2)
+
+    def observe(self, embed, action, is_first, z=None):
+        """Fully parallel filtering over a sequence. embed (B, T, E), action (B, T, A), is_first (B, T).
+
+        zin_t = z_{t-1} (z_init at is_first), ain_t = a_{t-1} (0 at is_first; a_t with --no-action-shift),
+        u_t = SiLU(LN(W_in [zin_t; ain_t])),  (y, x) = S5Stack(u; reset = is_first),  prior = f_img(W_o y + b_o).
+        """
+        b, t = is_first.shape
+        post_logits, z_s = self.post(embed)
+        z = z_s if z is None else z
+        init = self.initial(b)
+        first = is_first.float()[..., None]  # (B, T, 1)
+        zin = torch.cat([init["z"][:, None], z[:, :-1]], 1)
+        zin = first * init["z"][:, None] + (1 - first) * zin
+        ain = torch.cat([torch.zeros_like(action[:, :1]), action[:, :-1]], 1) if self.action_shift else action
+        ain = ain * (1 - first)
+        y, x = self.stack(self.inp(torch.cat([zin, ain], -1)), is_first)  # (B, T, H), (B, T, nb, 2P)
+        prior_logits = self.img_out(self.seq_out(y)).reshape(b, t, self.S, self.C).float()
+        return dict(z=z, h=self._deter(x), x=x), post_logits, prior_logits
+
+    def img_step(self, state, action, sample=True):
+        """One prior step: u = SiLU(LN(W_in [z; a])); S5 step; z' ~ f_img(W_o y + b_o); h' = symlog(W_s Re x' + b_s)."""
+        y, x = self.stack.step(self.inp(torch.cat([state["z"], action], -1)), state["x"])
+        logits = self.img_out(self.seq_out(y)).reshape(-1, self.S, self.C).float()
+        z = onehot_straight_through(unimix_probs(logits), sample).flatten(-2)
+        return dict(z=z, h=self._deter(x), x=x), logits
+
+    def obs_step(self, state, action, embed, is_first, z=None):
+        """Recurrent filtering: reset to the initial state where is_first, prior step, posterior from embed only."""
+        first = is_first.float()[:, None]
+        init = self.initial(first.shape[0])
+        state = {k: torch.where(first.bool() if k != "x" else first.bool()[..., None], init[k], v) for k, v in state.items()}
+        prior, prior_logits = self.img_step(state, action * (1 - first), sample=False)
+        post_logits, z_s = self.post(embed)
+        return dict(z=z_s if z is None else z, h=prior["h"], x=prior["x"]), post_logits, prior_logits
+
+    @staticmethod
+    def feat(state):  # [z; h]  (..., S*C + D)
+        return torch.cat([state["z"], state["h"]], -1)
+
+
+# ======================================================================================================================
+# 5. Actor, critics, return normalisation, lambda-returns (spec 1.7)
+# ======================================================================================================================
+
+
+class Actor(nn.Module):
+    """kind: 'discrete' (one-hot, unimix 1%), 'continuous' (Normal, mean tanh, std in [0.1, 1]) or 'code' (8x8)."""
+
+    def __init__(self, inp, act_dim, kind, cfg, factor_mean=False):
+        super().__init__()
+        self.kind, self.act_dim, self.factor_mean = kind, act_dim, factor_mean
+        self.net = mlp(inp, cfg["head_units"], cfg["head_layers"], out=act_dim * (2 if kind == "continuous" else 1))
+        dreamer_init(self)
+
+    def dist(self, x):
+        out = self.net(x).float()
+        if self.kind == "continuous":
+            mean, std = out.chunk(2, -1)
+            return ("continuous", torch.tanh(mean), 0.9 * torch.sigmoid(std + 2.0) + 0.1)
+        if self.kind == "code":
+            return ("code", unimix_probs(out.reshape(*out.shape[:-1], CODE_FACTORS, CODE_CLASSES)))
+        return ("discrete", unimix_probs(out))
+
+    def sample(self, dist, greedy=False):
+        if dist[0] == "continuous":
+            a = dist[1] if greedy else dist[1] + dist[2] * torch.randn_like(dist[1])
+            return a.clamp(-1, 1)
+        a = onehot_straight_through(dist[1], not greedy).detach()
+        return a.flatten(-2) if dist[0] == "code" else a
+
+    def log_prob(self, dist, a):
+        if dist[0] == "continuous":
+            return torch.distributions.Normal(dist[1], dist[2]).log_prob(a).sum(-1)
+        if dist[0] == "code":  # sum over the 8 factors = log-prob of the joint code (mean with --factor-logprob-mean)
+            lp = (a.reshape(dist[1].shape) * dist[1].log()).sum(-1)
+            return lp.mean(-1) if self.factor_mean else lp.sum(-1)
+        return (a * dist[1].log()).sum(-1)
+
+    def entropy(self, dist):
+        if dist[0] == "continuous":
+            return torch.distributions.Normal(dist[1], dist[2]).entropy().sum(-1)
+        ent = categorical_entropy(dist[1])
+        if dist[0] == "code":
+            return ent.mean(-1) if self.factor_mean else ent.sum(-1)
+        return ent
+
+
+class ReturnNorm(nn.Module):
+    """EMA (decay 0.99) of the 5th and 95th return percentiles; scale = max(1, p95 - p5)."""
+
+    def __init__(self, decay=0.99):
+        super().__init__()
+        self.decay = decay
+        self.register_buffer("low", torch.zeros(()))
+        self.register_buffer("high", torch.zeros(()))
+        self.register_buffer("initialised", torch.zeros(()))
+
+    def update(self, ret):
+        flat = ret.detach().float().flatten()
+        if flat.numel() > 16384:  # quantile limit; a strided subsample keeps it cheap
+            flat = flat[:: math.ceil(flat.numel() / 16384)]
+        q = torch.quantile(flat, torch.tensor([0.05, 0.95], device=flat.device))
+        d = torch.where(self.initialised > 0, torch.tensor(self.decay, device=q.device), torch.zeros((), device=q.device))
+        self.low.copy_(d * self.low + (1 - d) * q[0])
+        self.high.copy_(d * self.high + (1 - d) * q[1])
+        self.initialised.fill_(1.0)
+        return self.scale()
+
+    def scale(self):
+        return torch.clamp(self.high - self.low, min=1.0)
+
+
+def lambda_return(reward, cont, value, lmbda):
+    """R_k = r_k + c_k ((1 - lambda) v_{k+1} + lambda R_{k+1}),  R_K = v_K.   reward, cont (K, N); value (K+1, N).
+
+    `cont` already holds gamma * continue-probability. The caller chooses the indexing (DreamerV3: r, c of s_{k+1}).
+    """
+    out, last = [], value[-1]
+    for k in reversed(range(reward.shape[0])):
+        last = reward[k] + cont[k] * ((1 - lmbda) * value[k + 1] + lmbda * last)
+        out.append(last)
+    return torch.stack(out[::-1])  # (K, N)
+
+
+# ======================================================================================================================
+# 6. Subgoals: the autoencoder, max-cosine subgoal reward, novelty reward (spec 2.3-2.5)
+# ======================================================================================================================
+
+
+class SubgoalAutoencoder(nn.Module):
+    """symlog(h) -> 3 x [Linear(64), LN, GELU] -> 8x8 logits -> one-hot mode (straight-through) -> decoder -> g^."""
+
+    def __init__(self, deter):
+        super().__init__()
+        code = CODE_FACTORS * CODE_CLASSES
+        self.enc = mlp(deter, code, 3, act=nn.GELU)  # the third layer's output is the 64 logits (as the original)
+        self.dec = mlp(code, deter, 3, out=deter, act=nn.GELU)  # plain Linear output (the original ends in LN+GELU)
+        dreamer_init(self)
+
+    def encode(self, h):  # (..., D) -> code (..., 64) exactly one-hot per factor, probs (..., 8, 8)
+        probs = unimix_probs(self.enc(symlog(h)).reshape(*h.shape[:-1], CODE_FACTORS, CODE_CLASSES))
+        return onehot_straight_through(probs, sample=False).flatten(-2), probs
+
+    def decode(self, code):  # (..., 64) -> g^ (..., D), an estimate of symlog(h)
+        return self.dec(code).float()
+
+    def loss(self, h, kl_scale=0.5):  # mean (g^ - symlog h)^2 + kl_scale mean_factors KL(Cat || Uniform(8))
+        code, probs = self.encode(h)
+        rec = ((self.decode(code) - symlog(h)) ** 2).mean()
+        kl = (probs * (probs.log() + math.log(CODE_CLASSES))).sum(-1).mean()
+        return rec + kl_scale * kl, code
+
+
+def max_cosine(g, s):
+    """Director's max-cosine similarity:  max(0, g.s / max(|g|, |s|)^2)  in [0, 1] (1 only when g = s)."""
+    norm = torch.maximum(g.norm(dim=-1), s.norm(dim=-1)).clamp(min=1e-8)
+    return (g * s).sum(-1).div(norm**2).clamp(min=0.0)
+
+
+def subgoal_reward(goal, h):
+    """r_goal = symlog(max_cosine(g^, symlog(h))), in [0, ln 2]."""
+    return symlog(max_cosine(goal, symlog(h)))
+
+
+def novelty_reward(ae, h):
+    """r_nov = symlog(mean_j (symlog(h)_j - Dec(Enc(h))_j)^2): large where the autoencoder has not seen h yet."""
+    code, _ = ae.encode(h)
+    return symlog(((symlog(h) - ae.decode(code)) ** 2).mean(-1))
+
+
+# ======================================================================================================================
+# 7. One level of the hierarchy, the agent, and the acting loop (spec 2.1, 2.2, 2.6)
+# ======================================================================================================================
+
+
+class Level(nn.Module):
+    """A full sub-actor: S5WM, actor, one critic (+ slow copy, + return scale) per reward head, subgoal autoencoder.
+
+    Level 0 sees env observations and emits env actions; level L >= 1 sees the last 4 latents of level L - 1
+    ([z; h], 4 x (S*C + D)) through MLPs and emits an 8x8 subgoal code that level L - 1 is conditioned on.
+    """
+
+    def __init__(self, index, num_levels, obs_shape, image, act_kind, act_dim, cfg, args):
+        super().__init__()
+        self.index, self.act_dim, self.act_kind = index, act_dim, act_kind
+        self.has_goal = index < num_levels - 1  # every level but the top receives a subgoal
+        self.heads = ["extrinsic"] + (["subgoal"] if self.has_goal else [])
+        if index >= 1 or not args.novelty_only_higher_level:
+            self.heads.append("novelty")
+        self.weights = {"extrinsic": args.extrinsic_reward_weight, "subgoal": args.subgoal_reward_weight,
+                        "novelty": args.novelty_reward_weight}  # fmt: skip
+        self.wm = S5WM(obs_shape, image, act_dim, cfg, args, cfg["mlp_units"])
+        feat = cfg["stoch"] * cfg["classes"] + cfg["deter"]
+        self.ac_dim = feat + 3 + (CODE_FACTORS * CODE_CLASSES if self.has_goal else 0)  # [z, h, r, c, H] (+ code)
+        self.actor = Actor(self.ac_dim, act_dim, act_kind, cfg, args.factor_logprob_mean)
+        self.critics = nn.ModuleDict({k: mlp(self.ac_dim, cfg["head_units"], cfg["head_layers"], out=REWARD_BINS)
+                                      for k in self.heads})  # fmt: skip
+        for c in self.critics.values():
+            dreamer_init(c)
+            zero_last(c)
+        self.slow_critics = copy.deepcopy(self.critics).requires_grad_(False)
+        self.retnorms = nn.ModuleDict({k: ReturnNorm() for k in self.heads})
+        self.ae = SubgoalAutoencoder(cfg["deter"]) if (self.has_goal or "novelty" in self.heads) else None
+
+    def ac_input(self, state, logits, code):
+        """Actor/critic input: [z, h, symlog(r^), symlog(c^), symlog(H[q or p])] (+ the 64-d code)."""
+        feat = S5WM.feat(state)
+        r = TwoHot(self.wm.reward(feat)).mean()  # (N,)
+        c = torch.sigmoid(self.wm.cont(feat).float()).squeeze(-1)  # (N,)
+        ent = categorical_entropy(unimix_probs(logits)).sum(-1)  # (N,)
+        parts = [feat.float(), symlog(r)[..., None], symlog(c)[..., None], symlog(ent)[..., None]]
+        if self.has_goal:
+            parts.append(code)
+        return torch.cat(parts, -1), r, c
+
+
+def action_spec(space):
+    if isinstance(space, gym.spaces.Discrete):
+        return "discrete", int(space.n)
+    if isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
+        return "continuous", int(space.shape[0])
+    raise UsageError(f"unsupported action space {space}; need Discrete or a 1-D Box")
+
+
+class Agent(nn.Module):
+    def __init__(self, obs_space, act_space, args):
+        super().__init__()
+        cfg = SIZES[args.model_size]
+        kind, a_dim = action_spec(act_space)
+        if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) not in (1, 3):
+            raise UsageError(f"unsupported observation space {obs_space}; need an image (H, W, C) or a vector Box")
+        image = len(obs_space.shape) == 3
+        latent = cfg["stoch"] * cfg["classes"] + cfg["deter"]
+        up_obs = (args.subactor_encode_intermediate * latent,)  # (4 (S*C + D),)
+        self.levels = nn.ModuleList(
+            [Level(0, args.max_hierarchy, tuple(obs_space.shape), image, kind, a_dim, cfg, args)]
+            + [Level(i, args.max_hierarchy, up_obs, False, "code", CODE_FACTORS * CODE_CLASSES, cfg, args)
+               for i in range(1, args.max_hierarchy)]
+        )  # fmt: skip
+
+
+def level_acts(t, level, every):
+    """Level L acts (and filters a new observation) at env steps t = 0 (mod every^L)."""
+    return t % (every**level) == 0
+
+
+def level_trains(call, level, every):
+    """Level L trains on train calls = 0 (mod every^L)."""
+    return call % (every**level) == 0
+
+
+class HierarchyRunner:
+    """Per-env acting state of all levels. Filtering runs bottom-up (level L sees level L-1's *fresh* latent), then the
+    decisions run top-down (level L is conditioned on the code level L+1 just emitted or still holds).
+
+    Level L's replay record at a decision step holds its observation, its new action, the mean env reward per step
+    over the window since its last decision (sum r / every^L), is_first if an episode started in that window, and the
+    goal (decoded with level L's own autoencoder) and the code it was conditioned on.
+    """
+
+    def __init__(self, agent, num_envs, args, device, greedy=False):
+        self.levels, self.n, self.device, self.greedy = agent.levels, num_envs, device, greedy
+        self.every, self.fifo_len = args.subactor_update_every, args.subactor_encode_intermediate
+        self.periods = torch.tensor([float(self.every**i) for i in range(len(self.levels))], device=device)
+        self.reset()
+
+    def reset(self):
+        n, dev = self.n, self.device
+        self.t = 0
+        self.latent = [lv.wm.initial(n) for lv in self.levels]
+        self.logits = [torch.zeros(n, lv.wm.S, lv.wm.C, device=dev) for lv in self.levels]
+        self.last_action = [torch.zeros(n, lv.act_dim, device=dev) for lv in self.levels]
+        self.fifo = [None] + [torch.zeros(n, self.fifo_len, lv.wm.Z + lv.wm.D, device=dev) for lv in self.levels[:-1]]
+        self.reward_acc = torch.zeros(len(self.levels), n, device=dev)
+        self.first_pending = torch.ones(len(self.levels), n, dtype=torch.bool, device=dev)
+        self.emitted = [[] for _ in self.levels]  # codes emitted by levels >= 1 (usage statistics)
+        self.achieved = [[] for _ in self.levels]  # subgoal reward achieved at decision steps (levels with a goal)
+
+    @torch.no_grad()
+    def step(self, obs, reward, is_first, is_terminal):
+        """obs (n, ...) tensor of the current observation, reward/is_first/is_terminal (n,) that came with it.
+        Returns the level-0 action (n, A) and a list with a replay record (dict of tensors) per acting level."""
+        t, nl = self.t, len(self.levels)
+        self.reward_acc += reward.float()[None] / self.periods[:, None]  # level-L reward = mean r over its window
+        self.first_pending |= is_first[None]
+        for i in range(1, nl):  # an episode start empties the FIFOs of the upper levels
+            self.fifo[i] = torch.where(is_first[:, None, None], torch.zeros_like(self.fifo[i]), self.fifo[i])
+        active = [i for i in range(nl) if level_acts(t, i, self.every)]  # a prefix 0..k (the periods nest)
+        inputs = [None] * nl
+        for i in active:  # bottom-up filtering
+            lv = self.levels[i]
+            inputs[i] = obs if i == 0 else self.fifo[i].flatten(1)  # (n, ...) or (n, 4 (S*C + D))
+            self.latent[i], self.logits[i], _ = lv.wm.obs_step(
+                self.latent[i], self.last_action[i], lv.wm.encoder(inputs[i]), self.first_pending[i]
+            )
+            if i + 1 < nl:  # hand the fresh latent [z; h] up into level i+1's FIFO
+                lat = S5WM.feat(self.latent[i]).float()[:, None]
+                self.fifo[i + 1] = torch.cat([self.fifo[i + 1][:, 1:], lat], 1)
+        records = [None] * nl
+        for i in reversed(active):  # top-down decisions
+            lv = self.levels[i]
+            code = (
+                self.last_action[i + 1]
+                if lv.has_goal
+                else torch.zeros(self.n, CODE_FACTORS * CODE_CLASSES, device=self.device)
+            )
+            goal = lv.ae.decode(code) if lv.has_goal else torch.zeros(self.n, lv.wm.D, device=self.device)
+            x, _, _ = lv.ac_input(self.latent[i], self.logits[i], code)
+            action = lv.actor.sample(lv.actor.dist(x), self.greedy)
+            records[i] = dict(obs=inputs[i], action=action, reward=self.reward_acc[i].clone(),
+                              is_first=self.first_pending[i].clone(), is_terminal=is_terminal.clone(), subgoal=goal,
+                              code=code)  # fmt: skip
+            if lv.has_goal:
+                self.achieved[i].append(subgoal_reward(goal, self.latent[i]["h"]).mean())
+            if i >= 1:
+                self.emitted[i].append(action)
+            self.last_action[i] = action
+            self.reward_acc[i] = 0.0
+            self.first_pending[i] = False
+        self.t += 1
+        return self.last_action[0], records
+
+
+def env_action(action, space):
+    """Level-0 actor output -> env action (index for Discrete, rescaled from [-1, 1] for Box)."""
+    if isinstance(space, gym.spaces.Discrete):
+        return action.argmax(-1).cpu().numpy()
+    a = action.cpu().numpy()
+    return (space.low + (a + 1) / 2 * (space.high - space.low)).astype(space.dtype)
+
+
+# ======================================================================================================================
+# 8. Replay: sequences with stride 1, ETBS or uniform (spec 3)
+# ======================================================================================================================
+
+
+def etbs_cdf(x, n_keys):
+    """F(x) = int_2^x ln(n/y) dy / Z on [2, n], n = N + 2,  Z = n - 2 - 2 ln(n/2)  (closed form)."""
+    n = n_keys + 2.0
+    z = n - 2.0 - 2.0 * np.log(n / 2.0)
+    return (x * (1.0 + np.log(n / x)) - 2.0 * (1.0 + np.log(n / 2.0))) / z
+
+
+def etbs_index(u, n_keys, m, tau):
+    """ETBS: x = 2 + u (n - 2), e = min(M F(x), N - 1), index = floor(tau e + (1 - tau)(x - 2)).
+
+    tau = 0 is uniform; tau = 1 is pure ETBS, which down-weights old keys (uniform sampling over-samples them by
+    ~ln(N / i)). `m` is the scale M: the current N (fixed) or the capacity (the original's wiring).
+    """
+    x = 2.0 + np.asarray(u, np.float64) * n_keys
+    e = np.minimum(m * etbs_cdf(x, n_keys), n_keys - 1)
+    return np.clip(np.floor(tau * e + (1.0 - tau) * (x - 2.0)).astype(np.int64), 0, n_keys - 1)
+
+
+def etbs_pmf(n_keys, m, tau, iters=100):
+    """Exact pmf of etbs_index: g(x) is non-decreasing, so P(i) = (g^-1(i+1) - g^-1(i)) / N (bisection)."""
+    n = n_keys + 2.0
+    g = lambda x: tau * np.minimum(m * etbs_cdf(x, n_keys), n_keys - 1) + (1.0 - tau) * (x - 2.0)
+    v = np.arange(n_keys + 1, dtype=np.float64)
+    lo, hi = np.full_like(v, 2.0), np.full_like(v, n)
+    for _ in range(iters):  # smallest x with g(x) >= v
+        mid = (lo + hi) / 2
+        ok = g(mid) >= v
+        hi, lo = np.where(ok, mid, hi), np.where(ok, lo, mid)
+    hi[0], hi[-1] = 2.0, n  # g^-1(0) = 2, g^-1(N) := n
+    return np.diff(hi) / n_keys
+
+
+class SequenceReplay:
+    """Per-env ring buffers in lockstep; key k = (env k % E, start k // E) is the T-step sequence starting there.
+
+    Keys are in insertion order, so the key index is the "age" ETBS reasons about. Images are stored as uint8.
+    """
+
+    def __init__(self, capacity, num_envs, length, spec, args, seed):
+        self.E, self.T = num_envs, length
+        self.cap = max(capacity // num_envs, length + 1)  # steps per env
+        self.capacity = capacity
+        self.data = {k: np.zeros((num_envs, self.cap, *shape), dtype) for k, (shape, dtype) in spec.items()}
+        self.count = 0  # steps written per env
+        self.sampler, self.tau, self.max_len = args.replay, args.replay_temperature, args.etbs_max_len
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self):  # number of valid keys N
+        return self.E * max(0, self.count - self.T + 1) - self.E * max(0, self.count - self.cap)
+
+    def add(self, record):
+        pos = self.count % self.cap
+        for k, v in record.items():
+            self.data[k][:, pos] = v.detach().cpu().numpy() if torch.is_tensor(v) else v
+        self.count += 1
+
+    def sample(self, batch_size):
+        n = len(self)
+        u = self.rng.random(batch_size)
+        if self.sampler == "etbs":
+            idx = etbs_index(u, n, n if self.max_len == "current" else self.capacity, self.tau)
+        else:
+            idx = np.minimum((u * n).astype(np.int64), n - 1)
+        key = self.E * max(0, self.count - self.cap) + idx  # oldest valid key + index
+        env, start = key % self.E, key // self.E
+        steps = (start[:, None] + np.arange(self.T)) % self.cap  # (B, T)
+        batch = {k: v[env[:, None], steps] for k, v in self.data.items()}
+        batch["is_first"][:, 0] = True  # every sampled sequence starts fresh (x_0 = 0)
+        return batch
+
+    def state_dict(self):
+        filled = min(self.count, self.cap)
+        return {
+            "count": self.count,
+            "rng": self.rng.bit_generator.state,
+            "data": {k: v[:, :filled].copy() for k, v in self.data.items()},
+        }
+
+    def load_state_dict(self, state):
+        self.count, self.rng.bit_generator.state = state["count"], state["rng"]
+        for k, v in state["data"].items():
+            self.data[k][:, : v.shape[1]] = v
+
+
+def replay_spec(level, obs_space):
+    image = level.index == 0 and len(obs_space.shape) == 3
+    obs_shape = tuple(obs_space.shape) if level.index == 0 else (level.wm.encoder.net[0].in_features,)
+    return {"obs": (obs_shape, np.uint8 if image else np.float32), "action": ((level.act_dim,), np.float32),
+            "reward": ((), np.float32), "is_first": ((), bool), "is_terminal": ((), bool),
+            "subgoal": ((level.wm.D,), np.float32), "code": ((CODE_FACTORS * CODE_CLASSES,), np.float32)}  # fmt: skip
+
+
+# ======================================================================================================================
+# 9. Training one level: world model, imagination, actor-critic per reward head, subgoal autoencoder (spec 1.4, 1.7, 2.7)
+# ======================================================================================================================
+
+
+def make_optimizers(level, args):
+    adam = lambda params, lr, eps: torch.optim.AdamW(params, lr=lr, eps=eps, weight_decay=args.weight_decay)
+    opts = {"wm": adam(level.wm.parameters(), args.model_lr, 1e-8),
+            "actor": adam(level.actor.parameters(), args.actor_lr, 1e-5),
+            "critic": adam(level.critics.parameters(), args.critic_lr, 1e-5)}  # fmt: skip
+    if level.ae is not None:
+        opts["ae"] = adam(level.ae.parameters(), args.subgoal_lr, 1e-6)
+    warmup = max(1, args.model_warmup)
+    sched = torch.optim.lr_scheduler.LambdaLR(opts["wm"], lambda u: min(1.0, (u + 1) / warmup))
+    return opts, sched
+
+
+def wm_loss(wm, obs, action, reward, is_first, is_terminal, args):
+    """L = recon + reward (two-hot) + continue (Bernoulli) + KL (dyn 0.5 / rep 0.1, free bits), averaged over (B, T)."""
+    state, post_logits, prior_logits = wm.observe(wm.encoder(obs), action, is_first)
+    feat = S5WM.feat(state)  # (B, T, S*C + D)
+    recon = wm.decoder.loss(feat, obs)  # (B, T)
+    rew = -TwoHot(wm.reward(feat)).log_prob(reward)
+    cont = F.binary_cross_entropy_with_logits(wm.cont(feat).squeeze(-1).float(), 1.0 - is_terminal, reduction="none")
+    kl, dyn, rep = kl_loss(post_logits, prior_logits, args.free_nats, args.kl_dyn_scale, args.kl_rep_scale)
+    loss = (recon + rew + cont + kl).mean()
+    return loss, state, post_logits, {"wm_recon": recon.mean(), "wm_reward": rew.mean(), "wm_cont": cont.mean(),
+                                      "wm_kl_dyn": dyn.mean(), "wm_kl_rep": rep.mean(), "wm_loss": loss}  # fmt: skip
+
+
+@torch.no_grad()
+def imagine(level, start, logits, code, horizon):
+    """Roll the prior K steps from every start state with a_k ~ pi(s_k, code); the code stays fixed (spec 2.4).
+    Returns actor inputs (K+1, N, F), deters (K+1, N, D), actions (K, N, A), reward and continue means (K+1, N)."""
+    state, xs, hs, acts, rews, conts = start, [], [], [], [], []
+    for k in range(horizon + 1):
+        x, r, c = level.ac_input(state, logits, code)
+        xs.append(x), hs.append(state["h"].float()), rews.append(r), conts.append(c)
+        if k == horizon:
+            break
+        a = level.actor.sample(level.actor.dist(x))
+        acts.append(a)
+        state, logits = level.wm.img_step(state, a)
+    return torch.stack(xs), torch.stack(hs), torch.stack(acts), torch.stack(rews), torch.stack(conts)
+
+
+def train_level(level, opts, sched, batch, args, loss_fn, autocast):
+    """One update of one level from a replay batch (dict of (B, T, ...) tensors). Returns metrics as tensors."""
+    b, t = batch["reward"].shape
+    metrics = {}
+    # --- world model (parallel over time) ---
+    with autocast():
+        loss, state, post_logits, m = loss_fn(level.wm, batch["obs"], batch["action"], batch["reward"],
+                                              batch["is_first"], batch["is_terminal"].float(), args)  # fmt: skip
+    metrics.update(m)
+    opts["wm"].zero_grad(set_to_none=True)
+    loss.backward()
+    metrics["wm_grad_norm"] = nn.utils.clip_grad_norm_(level.wm.parameters(), 1000.0)
+    opts["wm"].step()
+    sched.step()
+    # --- imagination from all B*T posterior states, goal held at the start state's stored code ---
+    start = {k: v.detach().flatten(0, 1) for k, v in state.items()}  # (B*T, ...)
+    code, goal = batch["code"].flatten(0, 1), batch["subgoal"].flatten(0, 1)
+    with autocast():
+        xs, hs, acts, rew, cont = imagine(level, start, post_logits.detach().flatten(0, 1), code, args.imag_horizon)
+    xs, hs, rew, cont = xs.float(), hs.float(), rew.float(), cont.float()
+    rewards = {"extrinsic": rew}  # (K+1, N)
+    if "subgoal" in level.heads:
+        rewards["subgoal"] = subgoal_reward(goal[None], hs)
+    if "novelty" in level.heads:
+        with torch.no_grad():
+            rewards["novelty"] = novelty_reward(level.ae, hs)
+    disc = args.gamma * cont  # (K+1, N)
+    # DreamerV3 indexing: the step s_k -> s_{k+1} earns r(s_{k+1}) and continues with c(s_{k+1}); the original: s_k
+    sl = slice(None, -1) if args.original_return_indexing else slice(1, None)
+    weight = torch.cumprod(torch.cat([torch.ones_like(disc[:1]), disc[sl][:-1]]), 0).detach()  # (K, N)
+    # --- critics (one per head) and advantages ---
+    adv_mix, critic_loss = 0.0, 0.0
+    with autocast():
+        for head in level.heads:
+            logits = level.critics[head](xs).float()  # (K+1, N, 255)
+            value = TwoHot(logits).mean().detach()
+            ret = lambda_return(rewards[head][sl], disc[sl], value, args.lmbda)  # (K, N)
+            scale = level.retnorms[head].update(ret)
+            adv = (ret - value[:-1]) / (1.0 if args.raw_advantage else scale)
+            adv_mix = adv_mix + level.weights[head] * adv
+            slow = TwoHot(level.slow_critics[head](xs[:-1]).float()).mean().detach()
+            dist = TwoHot(logits[:-1])
+            head_loss = -(weight * (dist.log_prob(ret.detach()) + dist.log_prob(slow))).mean()
+            critic_loss = critic_loss + head_loss
+            metrics[f"critic_{head}"] = head_loss.detach()
+            metrics[f"imag_{head[:3] if head == 'extrinsic' else head}_reward"] = rewards[head].mean()
+            metrics[f"return_scale_{head}"] = scale
+            metrics[f"value_{head}"] = value.mean()
+        adv_mix = adv_mix / sum(level.weights[h] for h in level.heads)
+        # --- actor: REINFORCE with the mixed advantage and an entropy bonus ---
+        dist = level.actor.dist(xs[:-1])
+        logp, ent = level.actor.log_prob(dist, acts), level.actor.entropy(dist)
+        actor_loss = -(weight * (logp * adv_mix.detach() + args.entropy_coef * ent)).mean()
+    opts["actor"].zero_grad(set_to_none=True)
+    actor_loss.backward()
+    nn.utils.clip_grad_norm_(level.actor.parameters(), 100.0)
+    opts["actor"].step()
+    opts["critic"].zero_grad(set_to_none=True)
+    critic_loss.backward()
+    for c in level.critics.values():
+        nn.utils.clip_grad_norm_(c.parameters(), 100.0)
+    opts["critic"].step()
+    with torch.no_grad():  # slow critic: EMA with mix 0.02 every update
+        for p_slow, p in zip(level.slow_critics.parameters(), level.critics.parameters(), strict=True):
+            p_slow.lerp_(p, args.slow_critic_mix)
+    metrics.update(actor=actor_loss.detach(), entropy=ent.mean().detach(), critic=critic_loss.detach(),
+                   advantage=adv_mix.mean().detach())  # fmt: skip
+    # --- subgoal autoencoder on the imagined deters (detached) ---
+    if level.ae is not None:
+        with autocast():
+            ae_loss, ae_code = level.ae.loss(hs.flatten(0, 1), args.subgoal_kl_scale)
+        opts["ae"].zero_grad(set_to_none=True)
+        ae_loss.backward()
+        nn.utils.clip_grad_norm_(level.ae.parameters(), 100.0)
+        opts["ae"].step()
+        metrics["ae"] = ae_loss.detach()
+    return metrics
+
+
+# ======================================================================================================================
+# 10. Checkpoints, config checks, evaluation
+# ======================================================================================================================
+
+
+def load_file(path, device="cpu"):
+    """torch.load with one-line errors (missing / corrupt / not a HIEROS file)."""
+    if not path or not os.path.isfile(path):
+        raise UsageError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        raise UsageError(
+            f"corrupt checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
+    if not isinstance(ckpt, dict) or "args" not in ckpt or "agent" not in ckpt:
+        raise UsageError(f"not a hieros_s5_torch checkpoint: {path}")
+    return ckpt
+
+
+def config_mismatch(saved, current):
+    """Fields (other than HARMLESS_FIELDS) whose values differ, as 'name (checkpoint X, now Y)'."""
+    keys = (set(saved) | set(current)) - HARMLESS_FIELDS
+    return [
+        f"{k} (checkpoint {saved.get(k)!r}, now {current.get(k)!r})" for k in sorted(keys) if saved.get(k) != current.get(k)
+    ]
+
+
+def args_from_dict(d):
+    names = {f.name for f in fields(Args)}
+    return Args(**{k: v for k, v in d.items() if k in names})
+
+
+def write_atomic(obj, path):
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # readers never see a half-written file
+
+
+def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model=None, device=torch.device("cpu"),
+             capture_video=False, seed=1, greedy=True):  # fmt: skip
+    """CleanRL-style evaluation: rebuild the agent from the saved args, run greedy episodes, return their returns."""
+    ckpt = load_file(model_path, device)
+    saved = args_from_dict(ckpt["args"])
+    envs = gym.vector.SyncVectorEnv([make_env(env_id, seed, 0, capture_video, run_name)],
+                                    autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)  # fmt: skip
+    agent = (Model or Agent)(envs.single_observation_space, envs.single_action_space, saved).to(device)
+    try:
+        agent.load_state_dict(ckpt["agent"])
+    except RuntimeError as e:
+        raise UsageError(f"model {model_path} does not fit env {env_id}: {str(e).splitlines()[0]}") from None
+    agent.eval()
+    runner = HierarchyRunner(agent, 1, saved, device, greedy=greedy)
+    obs, _ = envs.reset(seed=seed)
+    flags = EpisodeFlags(1)
+    is_first, reward, is_terminal = flags.reset(), np.zeros(1), np.zeros(1, bool)
+    returns, ret = [], 0.0
+    while len(returns) < eval_episodes:
+        tt = lambda x: torch.as_tensor(x, device=device)
+        action, _ = runner.step(tt(obs), tt(reward), tt(is_first), tt(is_terminal))
+        obs, reward, term, trunc, _ = envs.step(env_action(action, envs.single_action_space))
+        is_first, is_last, is_terminal = flags.step(term, trunc)
+        ret += float(reward[0])
+        if is_last[0]:
+            returns.append(ret)
+            print(f"eval_episode={len(returns) - 1}, episodic_return={ret}")
+            ret = 0.0
+    envs.close()
+    return returns
+
+
+def validate(args):
+    checks = [(args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}"),
+              (args.batch_length >= 1, f"--batch-length must be >= 1, got {args.batch_length}"),
+              (args.num_envs >= 1, f"--num-envs must be >= 1, got {args.num_envs}"),
+              (args.total_timesteps >= 0, f"--total-timesteps must be >= 0, got {args.total_timesteps}"),
+              (args.max_hierarchy >= 1, f"--max-hierarchy must be >= 1, got {args.max_hierarchy}"),
+              (args.subactor_update_every >= 1, f"--subactor-update-every must be >= 1, got {args.subactor_update_every}"),
+              (args.subactor_train_every >= 1, f"--subactor-train-every must be >= 1, got {args.subactor_train_every}"),
+              (args.subactor_encode_intermediate >= 1, "--subactor-encode-intermediate must be >= 1"),
+              (args.imag_horizon >= 1, f"--imag-horizon must be >= 1, got {args.imag_horizon}"),
+              (args.train_ratio >= 0, f"--train-ratio must be >= 0, got {args.train_ratio}"),
+              (0.0 <= args.replay_temperature <= 1.0, f"--replay-temperature must be in [0, 1]: {args.replay_temperature}"),
+              (args.buffer_size >= args.batch_length, "--buffer-size must be >= --batch-length"),
+              (args.eval_episodes >= 0, "--eval-episodes must be >= 0")]  # fmt: skip
+    for ok, msg in checks:
+        if not ok:
+            raise UsageError(msg)
+
+
+def to_batch(np_batch, device):
+    return {k: torch.as_tensor(v, device=device) for k, v in np_batch.items()}
+
+
+def code_usage(codes):
+    """Usage of emitted 8x8 codes (M, 64): mean per-factor entropy (nats, max ln 8), distinct codes, slot histogram."""
+    c = torch.cat(codes).reshape(-1, CODE_FACTORS, CODE_CLASSES).float()
+    p = c.mean(0)  # (8, 8) empirical class frequencies per factor
+    ids = c.argmax(-1)  # (M, 8)
+    distinct = len({tuple(r) for r in ids.tolist()})
+    return categorical_entropy(p).mean().item(), distinct, (ids + CODE_CLASSES * torch.arange(CODE_FACTORS, device=ids.device))
+
+
+# ======================================================================================================================
+# 11. Main: the CleanRL skeleton
+# ======================================================================================================================
+
+
+def main(args):
+    validate(args)
+    if args.learning_starts is None:
+        args.learning_starts = args.batch_size * args.batch_length
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if args.evaluate:
+        run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}-eval"
+        returns = evaluate(args.evaluate, make_env, args.env_id, args.eval_episodes, run_name, device=device,
+                           capture_video=args.capture_video, seed=args.seed)  # fmt: skip
+        print(f"mean eval return over {len(returns)} episodes: {np.mean(returns) if returns else float('nan'):.3f}")
+        return
+    resume = load_file(args.resume) if args.resume else None
+    if resume is not None:
+        if resume.get("kind") != "checkpoint":
+            raise UsageError(f"{args.resume} is a final model, not a training checkpoint (use --evaluate for it)")
+        diff = config_mismatch(resume["args"], {**vars(args), "learning_starts": args.learning_starts})
+        if diff:
+            raise UsageError(f"config mismatch with checkpoint {args.resume}: " + "; ".join(diff))
+    run_name = resume["run_name"] if resume else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    envs = make_vector_env(args.env_id, args.num_envs, args.seed, args.capture_video, run_name)  # EnvIdError -> exit 2
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
+                   name=run_name, monitor_gym=True, save_code=True)  # fmt: skip
+    writer = SummaryWriter(f"runs/{run_name}")
+    table = "\n".join([f"|{k}|{v}|" for k, v in vars(args).items()])
+    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    if args.threads > 0 or args.model_size == "debug":
+        torch.set_num_threads(args.threads if args.threads > 0 else 1)
+
+    print(f"device: {device}")
+    if device.type == "cpu":
+        print("=" * 100 + "\nWARNING: running on the CPU. Fine for tests and tiny models; training HIEROS at the paper size "
+              "needs a GPU (pass --cuda and install a CUDA torch).\n" + "=" * 100, file=sys.stderr)  # fmt: skip
+    obs_space, act_space = envs.single_observation_space, envs.single_action_space
+    assert isinstance(act_space, (gym.spaces.Discrete, gym.spaces.Box)), "only Discrete and Box action spaces are supported"
+
+    # ALGO LOGIC: initialize agent here:
+    agent = Agent(obs_space, act_space, args).to(device)
+    optims = [make_optimizers(lv, args) for lv in agent.levels]
+    replays = [SequenceReplay(args.buffer_size, args.num_envs, args.batch_length, replay_spec(lv, obs_space), args,
+                              args.seed + 1000 * i) for i, lv in enumerate(agent.levels)]  # fmt: skip
+    loss_fn = torch.compile(wm_loss) if args.compile else wm_loss
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16_autocast)
+    global_step, n_train_calls, n_updates, credit = 0, 0, 0, 0.0
+    if resume is not None:
+        agent.load_state_dict(resume["agent"])
+        for (opts, sched), state in zip(optims, resume["optims"], strict=True):
+            for k, o in opts.items():
+                o.load_state_dict(state[k])
+            sched.load_state_dict(state["sched"])
+        if resume.get("replays"):
+            for r, state in zip(replays, resume["replays"], strict=True):
+                r.load_state_dict(state)
+        global_step, n_train_calls, n_updates, credit = (
+            resume[k] for k in ("global_step", "n_train_calls", "n_updates", "credit")
+        )
+        random.setstate(resume["rng"]["python"])
+        np.random.set_state(resume["rng"]["numpy"])
+        torch.set_rng_state(resume["rng"]["torch"])
+        print(f"resumed from {args.resume} at global_step={global_step}, updates={n_updates}")
+
+    def training_state():
+        return {"kind": "checkpoint", "args": vars(args), "run_name": run_name, "agent": agent.state_dict(),
+                "optims": [{**{k: o.state_dict() for k, o in opts.items()}, "sched": sched.state_dict()}
+                           for opts, sched in optims],
+                "replays": [r.state_dict() for r in replays] if args.checkpoint_replay else None,
+                "global_step": global_step, "n_train_calls": n_train_calls, "n_updates": n_updates, "credit": credit,
+                "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                        "torch": torch.get_rng_state()}}  # fmt: skip
+
+    runner = HierarchyRunner(agent, args.num_envs, args, device)
+    metrics = [dict() for _ in agent.levels]  # the latest metrics of each level (tensors: no host sync until logging)
+    nonfinite = {}  # term -> accumulated "was non-finite" flag (a tensor)
+    achievements, episodes = [], 0
+    updates_per_step = args.train_ratio / (args.batch_size * args.batch_length)
+
+    # TRY NOT TO MODIFY: start the game
+    start_time, start_step = time.time(), global_step
+    obs, _ = envs.reset(seed=args.seed)
+    flags = EpisodeFlags(args.num_envs)
+    is_first = flags.reset()
+    reward, is_terminal = np.zeros(args.num_envs, np.float32), np.zeros(args.num_envs, bool)
+    next_progress = (global_step // args.progress_every + 1) * args.progress_every
+    next_ckpt = (global_step // args.checkpoint_every + 1) * args.checkpoint_every if args.checkpoint_every else None
+    last_log_update = n_updates
+    while global_step < args.total_timesteps:
+        # ALGO LOGIC: action logic (all levels filter and decide; records go to each acting level's replay)
+        agent.eval()
+        tt = lambda x: torch.as_tensor(x, device=device)
+        action, records = runner.step(tt(obs), tt(reward), tt(is_first), tt(is_terminal))
+        agent.train()
+        for r, rec in zip(replays, records, strict=True):
+            if rec is not None:
+                r.add(rec)
+
+        # TRY NOT TO MODIFY: execute the game and log data.
+        obs, reward, terminations, truncations, infos = envs.step(env_action(action, act_space))
+        is_first, _, is_terminal = flags.step(terminations, truncations)
+        reward = reward.astype(np.float32)
+        global_step += args.num_envs
+        for ep in episode_stats(infos):
+            episodes += 1
+            print(f"global_step={global_step}, episodic_return={ep['r']:.2f}")
+            writer.add_scalar("charts/episodic_return", ep["r"], global_step)
+            writer.add_scalar("charts/episodic_length", ep["l"], global_step)
+            if ep["achievements"] is not None:
+                achievements.append(ep["achievements"])
+                rates = crafter_success_rates(achievements)
+                for name, rate in zip(CRAFTER_ACHIEVEMENTS, rates, strict=True):
+                    writer.add_scalar(f"achievements/{name}", rate, global_step)
+                writer.add_scalar("charts/crafter_score", crafter_score(rates), global_step)
+
+        # ALGO LOGIC: training (train_ratio / (B T) level-0 updates per policy step; level L on every 4^L-th call)
+        if global_step >= args.learning_starts:
+            credit += args.num_envs * updates_per_step
+            while credit >= 1.0:
+                credit -= 1.0
+                for i, (lv, (opts, sched)) in enumerate(zip(agent.levels, optims, strict=True)):
+                    if not level_trains(n_train_calls, i, args.subactor_train_every) or len(replays[i]) < 1:
+                        continue
+                    m = train_level(
+                        lv, opts, sched, to_batch(replays[i].sample(args.batch_size), device), args, loss_fn, autocast
+                    )
+                    metrics[i] = m
+                    for k in ("wm_loss", "actor", "critic"):
+                        key = f"{k}_L{i}"
+                        nonfinite[key] = nonfinite.get(key, False) | ~torch.isfinite(m[k])
+                    n_updates += i == 0
+                n_train_calls += 1
+
+        if n_updates - last_log_update >= args.log_every or global_step >= args.total_timesteps:
+            last_log_update = n_updates
+            bad = [k for k, v in nonfinite.items() if bool(v)]
+            if bad:
+                path = f"runs/{run_name}/checkpoint_nonfinite.pt"
+                write_atomic(training_state(), path)
+                print(f"non-finite loss detected in losses/{bad[0]} (all: {', '.join(bad)}) at update {n_updates}; "
+                      f"training state written to {path}", file=sys.stderr)  # fmt: skip
+                writer.close()
+                envs.close()
+                sys.exit(1)
+            for i, m in enumerate(metrics):
+                for k, v in m.items():
+                    group = "hieros" if k.startswith(("imag_", "return_scale", "value_")) else "losses"
+                    writer.add_scalar(f"{group}/{k}_L{i}", float(v.detach()) if torch.is_tensor(v) else v, global_step)
+                if runner.emitted[i]:
+                    ent, distinct, slots = code_usage(runner.emitted[i])
+                    writer.add_scalar(f"subgoal/code_entropy_L{i}", ent, global_step)
+                    writer.add_scalar(f"subgoal/distinct_codes_L{i}", distinct, global_step)
+                    writer.add_histogram(f"subgoal/code_slots_L{i}", slots.flatten().cpu(), global_step, bins=64)
+                    runner.emitted[i] = []
+                if runner.achieved[i]:
+                    writer.add_scalar(
+                        f"subgoal/achieved_reward_L{i}", torch.stack(runner.achieved[i]).mean().item(), global_step
+                    )
+                    runner.achieved[i] = []
+            sps = int((global_step - start_step) / (time.time() - start_time))
+            writer.add_scalar("charts/SPS", sps, global_step)
+            writer.add_scalar("charts/updates", n_updates, global_step)
+            writer.add_scalar(
+                "charts/train_ratio", n_updates * args.batch_size * args.batch_length / max(1, global_step), global_step
+            )
+            writer.add_scalar("charts/UPS", n_updates / max(1e-9, time.time() - start_time), global_step)
+            writer.add_scalar("charts/learning_rate", optims[0][0]["wm"].param_groups[0]["lr"], global_step)
+            if args.env_id.startswith("atari100k_"):
+                writer.add_scalar("charts/FPS", 4 * sps, global_step)
+
+        if global_step >= next_progress or global_step >= args.total_timesteps:
+            next_progress += args.progress_every
+            elapsed = time.time() - start_time
+            sps = (global_step - start_step) / max(elapsed, 1e-9)
+            eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
+            print(f"step {global_step}/{args.total_timesteps} | SPS {sps:.1f} | updates {n_updates} | episodes {episodes} | "
+                  f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")  # fmt: skip
+        if next_ckpt is not None and global_step >= next_ckpt:
+            next_ckpt += args.checkpoint_every
+            write_atomic(training_state(), f"runs/{run_name}/checkpoint.pt")
+            print(f"checkpoint written to runs/{run_name}/checkpoint.pt at global_step={global_step}")
+
+    if args.save_model:
+        model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
+        write_atomic({"kind": "model", "args": vars(args), "agent": agent.state_dict()}, model_path)
+        print(f"model saved to {model_path}")
+        episodic_returns = evaluate(model_path, make_env, args.env_id, args.eval_episodes, f"{run_name}-eval", device=device,
+                                    capture_video=args.capture_video, seed=args.seed)  # fmt: skip
+        for idx, episodic_return in enumerate(episodic_returns):
+            writer.add_scalar("eval/episodic_return", episodic_return, idx)
+    envs.close()
+    writer.close()
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    try:
+        main(args)
+    except (UsageError, EnvIdError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
