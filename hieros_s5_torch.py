@@ -198,9 +198,9 @@ SIZES = {
 CODE_FACTORS, CODE_CLASSES = 8, 8  # subgoal code: 8 categorical factors with 8 classes each -> 64-d
 REWARD_BINS = 255  # two-hot bins on [-20, 20] in symlog space
 # config fields that may differ between a checkpoint and the resumed run
-HARMLESS_FIELDS = {"exp_name", "threads", "total_timesteps", "track", "wandb_project_name", "wandb_entity", "resume", "evaluate",
+HARMLESS_FIELDS = {"exp_name", "total_timesteps", "track", "wandb_project_name", "wandb_entity", "resume", "evaluate",
                    "checkpoint_every", "checkpoint_replay", "capture_video", "save_model", "eval_episodes", "log_every",
-                   "progress_every", "cuda", "compile", "torch_deterministic"}  # fmt: skip
+                   "progress_every", "cuda", "compile", "torch_deterministic", "threads"}  # fmt: skip
 
 
 class UsageError(Exception):

@@ -1,0 +1,577 @@
+"""Tests of hieros_s5_torch.py: the properties of spec hieros.md section 7 (values, not only shapes) plus smoke runs.
+
+Run: .venv/bin/python -m pytest tests/test_hieros.py -q
+"""
+
+import importlib
+import math
+import os
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+h = importlib.import_module("hieros_s5_torch")
+torch.set_num_threads(1)  # tiny tensors: thread overhead dominates, and CI machines are small
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "hieros_s5_torch.py")
+
+
+def crand(*shape, scale=1.0):
+    return torch.complex(torch.randn(*shape), torch.randn(*shape)) * scale
+
+
+def loop_scan(a, b, d):
+    """Reference: x_t = (1 - d_t) a_t x_{t-1} + b_t, x_0 = 0, as a Python loop."""
+    x, out = torch.zeros_like(b[:, 0]), []
+    for t in range(b.shape[1]):
+        x = (1 - d[:, t]) * a[:, t] * x + b[:, t]
+        out.append(x)
+    return torch.stack(out, 1)
+
+
+def random_ssm(h_dim=5, p=8, j=2):
+    torch.manual_seed(0)
+    ssm = h.S5SSM(h_dim, p, j)
+    with torch.no_grad():  # random complex parameters (stable: Re(Lambda) < 0)
+        ssm.lambda_re.copy_(-torch.rand(p) - 0.05)
+        ssm.lambda_im.copy_(torch.randn(p) * 3)
+        ssm.log_step.copy_(torch.empty(p).uniform_(-3, 0))
+    return ssm
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# S5 / scan (spec 7.1-7.7)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_ssm_parallel_equals_recurrent():
+    ssm = random_ssm()
+    u = torch.randn(3, 13, 5)
+    reset = torch.zeros(3, 13, dtype=torch.bool)
+    y, x = ssm(u, reset)
+    state, ys, xs = torch.zeros(3, 8, dtype=torch.complex64), [], []
+    for t in range(13):
+        yt, state = ssm.step(u[:, t], state)
+        ys.append(yt), xs.append(state)
+    torch.testing.assert_close(y, torch.stack(ys, 1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x, torch.stack(xs, 1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["block", "stack"])
+def test_block_and_stack_parallel_equals_recurrent(which):
+    torch.manual_seed(1)
+    mod = h.DoubleS5Block(6, 8, 2, dropout=0.1) if which == "block" else h.S5Stack(6, 8, 2, num_blocks=3, dropout=0.1)
+    mod.eval()  # dropout off
+    u = torch.randn(2, 11, 6)
+    reset = torch.zeros(2, 11, dtype=torch.bool)
+    reset[:, 0] = True
+    reset[1, 5] = True
+    reset[0, 6:8] = True
+    y, s = mod(u, reset)
+    shape = (2, 16) if which == "block" else (2, 3, 16)
+    state, ys, ss = torch.zeros(shape, dtype=torch.complex64), [], []
+    for t in range(11):
+        state = torch.where(reset[:, t].reshape(-1, *[1] * (state.dim() - 1)), torch.zeros_like(state), state)
+        yt, state = mod.step(u[:, t], state)
+        ys.append(yt), ss.append(state)
+    torch.testing.assert_close(y, torch.stack(ys, 1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(s, torch.stack(ss, 1), atol=1e-5, rtol=1e-4)
+
+
+def test_reset_operator_is_associative():
+    torch.manual_seed(2)
+    for d1 in (0.0, 1.0):
+        for d2 in (0.0, 1.0):
+            for d3 in (0.0, 1.0):
+                e = [(crand(4), crand(4), torch.full((4,), d)) for d in (d1, d2, d3)]
+                left = h.reset_combine(*h.reset_combine(*e[0], *e[1]), *e[2])
+                right = h.reset_combine(*e[0], *h.reset_combine(*e[1], *e[2]))
+                for a, b in zip(left, right, strict=True):
+                    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_reset_is_fresh_start():
+    torch.manual_seed(3)
+    lam = crand(6, scale=0.5)
+    a_seq, b_seq = lam.expand(1, 20, 6), crand(1, 20, 6)
+    d = torch.zeros(1, 20, 1)
+    d[0, 12] = 1.0  # B starts at t = 12
+    x = h.resettable_scan(a_seq, b_seq, d)
+    x_b = h.resettable_scan(a_seq[:, 12:], b_seq[:, 12:], torch.zeros(1, 8, 1))
+    torch.testing.assert_close(x[:, 12:], x_b, atol=1e-5, rtol=1e-5)
+    b2 = b_seq.clone()
+    b2[:, :12] = crand(1, 12, 6) * 10  # replace A by random data: B's outputs do not change
+    torch.testing.assert_close(h.resettable_scan(a_seq, b2, d)[:, 12:], x[:, 12:], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("t_len", [1, 2, 7, 37, 64])
+def test_scan_equals_loop_with_random_resets(t_len):
+    torch.manual_seed(t_len)
+    a = crand(3, t_len, 5, scale=0.6)  # time-varying a is also handled
+    b = crand(3, t_len, 5)
+    d = (torch.rand(3, t_len, 1) < 0.15).float()
+    d[0, 0] = 1.0  # reset at t = 0
+    if t_len > 4:
+        d[1, 2:5] = 1.0  # consecutive resets
+    torch.testing.assert_close(h.resettable_scan(a, b, d), loop_scan(a, b, d), atol=1e-5, rtol=1e-5)
+
+
+def test_zoh_discretisation_and_limit():
+    lam = torch.tensor([-0.5 + 3j, -1.0 - 2j, -0.2 + 0j], dtype=torch.complex128)
+    b = torch.randn(3, 4, dtype=torch.complex128)
+    delta = torch.tensor([0.1, 0.01, 1.0], dtype=torch.float64)
+    lam_bar, b_bar = h.discretize_zoh(lam, b, delta)
+    torch.testing.assert_close(lam_bar, torch.exp(lam * delta))
+    torch.testing.assert_close(b_bar, ((torch.exp(lam * delta) - 1) / lam)[:, None] * b)
+    tiny = torch.full((3,), 1e-6, dtype=torch.float64)
+    lam_bar, b_bar = h.discretize_zoh(lam, b, tiny)
+    torch.testing.assert_close(lam_bar, torch.ones_like(lam_bar), atol=1e-5, rtol=0)
+    torch.testing.assert_close(b_bar, 1e-6 * b, atol=1e-11, rtol=1e-4)
+
+
+def test_hippo_init_properties():
+    lam, v = h.hippo_init(128, 4)
+    assert lam.shape == (128,) and v.shape == (128, 128)
+    np.testing.assert_allclose(lam.real, -0.5, atol=1e-10)
+    block = np.sort(lam.imag[:32])
+    np.testing.assert_allclose(block, -block[::-1], atol=1e-8)  # imaginary parts in +- pairs
+    assert np.abs(lam.imag).max() > 100  # up to about +-325 for N = 32
+    np.testing.assert_allclose(v.conj().T @ v, np.eye(128), atol=1e-10)  # unitary
+    for i in range(4):
+        for j in range(4):
+            blk = v[32 * i : 32 * (i + 1), 32 * j : 32 * (j + 1)]
+            assert (np.abs(blk).max() > 0) == (i == j)  # block diagonal with J = 4 blocks of 32
+    np.testing.assert_allclose(np.tile(lam[:32], 4), lam)
+    lam_s, v_s = h.make_hippo_legs(32)  # V diagonalises S = A + P P^T
+    n = np.arange(32)
+    q = np.sqrt(2 * n + 1.0)
+    s = -np.tril(np.outer(q, q), -1) - np.diag(n + 1.0) + np.outer(np.sqrt(n + 0.5), np.sqrt(n + 0.5))
+    np.testing.assert_allclose(v_s @ np.diag(lam_s) @ v_s.conj().T, s, atol=1e-8)
+    ssm = h.S5SSM(16, 128, 4)
+    assert math.log(1e-3) <= ssm.log_step.min().item() and ssm.log_step.max().item() <= math.log(1e-1)
+    assert 0 <= ssm.D.min().item() and ssm.D.max().item() < 1
+
+
+def test_batch_independence():
+    torch.manual_seed(5)
+    stack = h.S5Stack(6, 8, 2, 2, dropout=0.0)
+    u = torch.randn(4, 16, 6)
+    reset = torch.rand(4, 16) < 0.2
+    reset[:, 0] = True
+    y, s = stack(u, reset)
+    u2, reset2 = u.clone(), reset.clone()
+    u2[2] = torch.randn(16, 6) * 5
+    reset2[2] = torch.rand(16) < 0.5
+    y2, s2 = stack(u2, reset2)
+    keep = [0, 1, 3]
+    torch.testing.assert_close(y[keep], y2[keep])
+    torch.testing.assert_close(s[keep], s2[keep])
+    assert not torch.allclose(y[2], y2[2])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# World model (spec 7.8-7.11)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def debug_agent(obs_space=None, act_space=None, **kw):
+    args = h.Args(model_size="debug", **kw)
+    obs_space = obs_space or gym.spaces.Box(-1, 1, (5,), np.float32)
+    return h.Agent(obs_space, act_space or gym.spaces.Discrete(3), args), args
+
+
+def test_observe_equals_loop_of_obs_step():
+    torch.manual_seed(6)
+    agent, _ = debug_agent(dropout=0.1)
+    wm = agent.levels[0].wm.eval()
+    b, t = 3, 10
+    obs = torch.randn(b, t, 5)
+    action = torch.nn.functional.one_hot(torch.randint(0, 3, (b, t)), 3).float()
+    is_first = torch.rand(b, t) < 0.2
+    is_first[:, 0] = True
+    is_first[0, 3:5] = True
+    with torch.no_grad():
+        embed = wm.encoder(obs)
+        state, post_logits, prior_logits = wm.observe(embed, action, is_first)
+        s = wm.initial(b)
+        prev_a = torch.zeros(b, 3)
+        for k in range(t):
+            s, pl, prl = wm.obs_step(s, prev_a, embed[:, k], is_first[:, k], z=state["z"][:, k])
+            torch.testing.assert_close(s["h"], state["h"][:, k], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(s["x"], state["x"][:, k], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(prl, prior_logits[:, k], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(pl, post_logits[:, k])
+            prev_a = action[:, k]
+
+
+def test_initial_state_reproduced_at_is_first():
+    torch.manual_seed(7)
+    agent, _ = debug_agent()
+    wm = agent.levels[0].wm.eval()
+    obs, action = torch.randn(2, 12, 5), torch.nn.functional.one_hot(torch.randint(0, 3, (2, 12)), 3).float()
+    is_first = torch.zeros(2, 12, dtype=torch.bool)
+    is_first[:, 0] = is_first[:, 7] = True
+    with torch.no_grad():
+        embed = wm.encoder(obs)
+        z = wm.post(embed, sample=False)[1]
+        full, _, prior = wm.observe(embed, action, is_first, z=z)
+        tail, _, prior_tail = wm.observe(embed[:, 7:], action[:, 7:], is_first[:, 7:], z=z[:, 7:])
+    # z_in = z_init and a_in = 0 at the inner is_first: the tail behaves exactly like a fresh sequence
+    torch.testing.assert_close(full["h"][:, 7:], tail["h"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(prior[:, 7:], prior_tail, atol=1e-5, rtol=1e-4)
+
+
+def test_paper_size_shapes():
+    obs_space, act_space = gym.spaces.Box(0, 255, (64, 64, 3), np.uint8), gym.spaces.Discrete(6)
+    agent = h.Agent(obs_space, act_space, h.Args(model_size="paper"))
+    lv0, lv1, lv2 = agent.levels
+    assert lv0.wm.Z + lv0.wm.D == 1280 and lv0.wm.encoder.out_dim == 3072
+    assert lv0.ac_dim == 1283 + 64 and lv2.ac_dim == 1283  # the top level receives no subgoal
+    assert lv1.wm.encoder.net[0].in_features == 4096 + 1024
+    state = lv0.wm.initial(2)
+    assert state["x"].shape == (2, 4, 256) and state["x"].dtype == torch.complex64
+    assert lv0.heads == ["extrinsic", "subgoal"] and lv1.heads == ["extrinsic", "subgoal", "novelty"]
+    assert lv2.heads == ["extrinsic", "novelty"]
+    flat = h.Agent(obs_space, act_space, h.Args(model_size="debug", max_hierarchy=1))
+    assert flat.levels[0].heads == ["extrinsic"] and flat.levels[0].ae is None
+
+
+def test_kl_free_bits():
+    torch.manual_seed(8)
+    post = torch.randn(5, 4, 4, requires_grad=True)
+    prior = (post.detach() + 0.05 * torch.randn(5, 4, 4)).requires_grad_(True)  # KL < 1
+    loss, dyn, rep = h.kl_loss(post, prior, free=1.0, dyn_scale=0.5, rep_scale=0.1)
+    assert (dyn < 1).all() and (rep < 1).all()
+    torch.testing.assert_close(loss, torch.full((5,), 0.6))  # >= free * scale, exactly at the floor
+    loss.sum().backward()
+    assert post.grad.abs().max() == 0 and prior.grad.abs().max() == 0
+    far = torch.randn(5, 4, 4) * 5
+    loss2, dyn2, rep2 = h.kl_loss(far, -far)
+    assert (loss2 >= 0.6).all() and (dyn2 > 1).all()
+    torch.testing.assert_close(loss2, 0.5 * dyn2 + 0.1 * rep2)
+
+
+def test_twohot_and_symlog():
+    y = torch.tensor([-300.0, -1.5, 0.0, 0.3, 7.0, 1000.0])
+    logits = torch.log(torch.nn.functional.one_hot(torch.tensor(127), 255).float() + 1e-9).expand(6, -1)
+    assert torch.allclose(h.TwoHot(logits).mean(), torch.zeros(6), atol=1e-4)
+    # the maximum-likelihood logits of a two-hot target recover the value
+    x = h.symlog(y)
+    bins = torch.linspace(-20, 20, 255)
+    below = (torch.bucketize(x, bins, right=True) - 1).clamp(0, 254)
+    w = (x - bins[below]) / (bins[below + 1] - bins[below])
+    target = torch.zeros(6, 255)
+    target[torch.arange(6), below] = 1 - w
+    target[torch.arange(6), below + 1] = w
+    torch.testing.assert_close(h.TwoHot(torch.log(target + 1e-12)).mean(), y, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(h.symexp(h.symlog(y)), y)
+    assert h.symlog(torch.tensor(1.0)).item() == pytest.approx(math.log(2))
+
+
+def test_lambda_return_against_closed_form():
+    r, c, v = torch.rand(4, 3), torch.rand(4, 3), torch.rand(5, 3)
+    ret = h.lambda_return(r, c, v, 1.0)  # lambda = 1: discounted reward sum + discounted bootstrap
+    expect = r[3] + c[3] * v[4]
+    for k in (2, 1, 0):
+        expect = r[k] + c[k] * expect
+    torch.testing.assert_close(ret[0], expect)
+    torch.testing.assert_close(h.lambda_return(r, c, v, 0.0), r + c * v[1:])  # lambda = 0: one-step TD
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Hierarchy (spec 7.12-7.16)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_schedule_and_level_rewards_over_64_steps():
+    for level in range(3):
+        acts = [t for t in range(64) if h.level_acts(t, level, 4)]
+        assert acts == list(range(0, 64, 4**level))
+        assert [c for c in range(64) if h.level_trains(c, level, 4)] == list(range(0, 64, 4**level))
+    torch.manual_seed(9)
+    agent, args = debug_agent(max_hierarchy=3)
+    runner = h.HierarchyRunner(agent, 2, args, torch.device("cpu"))
+    rewards = torch.rand(64, 2)
+    seen = {0: [], 1: [], 2: []}
+    for t in range(64):
+        _, records = runner.step(torch.randn(2, 5), rewards[t], torch.tensor([t == 0] * 2), torch.zeros(2, dtype=torch.bool))
+        for level, rec in enumerate(records):
+            if rec is not None:
+                seen[level].append((t, rec))
+    for level in range(3):
+        period = 4**level
+        assert [t for t, _ in seen[level]] == list(range(0, 64, period))
+        for t, rec in seen[level][1:]:  # reward of the record at t = mean r over (t - period, t]
+            torch.testing.assert_close(rec["reward"], rewards[t - period + 1 : t + 1].mean(0))
+        assert seen[level][0][1]["is_first"].all() and not seen[level][1][1]["is_first"].any()
+    # level 0 is conditioned on the code level 1 emitted most recently (held for 4 steps)
+    for t, rec in seen[0]:
+        code_t = [r for s, r in seen[1] if s <= t][-1]["action"]
+        torch.testing.assert_close(rec["code"], code_t)
+
+
+def test_subgoal_reward_hand_made():
+    mc = lambda g, s: h.max_cosine(torch.tensor(g, dtype=torch.float32), torch.tensor(s, dtype=torch.float32)).item()
+    assert mc([1, 0], [1, 0]) == pytest.approx(1.0)
+    assert mc([2, 0], [1, 0]) == pytest.approx(0.5)
+    assert mc([1, 0], [0, 1]) == pytest.approx(0.0)
+    assert mc([1, 0], [-1, 0]) == pytest.approx(0.0)  # clamped
+    assert mc([3, 4], [1.5, 2]) == pytest.approx(0.5)
+    g, s = torch.randn(100, 7), torch.randn(100, 7)
+    torch.testing.assert_close(h.max_cosine(g, s), h.max_cosine(s, g))
+    assert (h.max_cosine(g, s) >= 0).all() and (h.max_cosine(g, s) <= 1).all()
+    # r_goal = symlog(max_cosine(g^, symlog(h))): at g^ = symlog(h) it is symlog(1) = ln 2
+    hh = torch.randn(3, 7)
+    torch.testing.assert_close(h.subgoal_reward(h.symlog(hh), hh), torch.full((3,), math.log(2)))
+
+
+def test_novelty_reward_and_autoencoder_code():
+    torch.manual_seed(10)
+    ae = h.SubgoalAutoencoder(16)
+    hh = torch.randn(6, 16) * 3
+
+    class Perfect:  # an autoencoder that reconstructs symlog(h) exactly up to an offset
+        def __init__(self, err):
+            self.err = err
+
+        def encode(self, x):
+            return torch.zeros(x.shape[0], 64), None
+
+        def decode(self, code):
+            return h.symlog(hh) + self.err
+
+    assert torch.allclose(h.novelty_reward(Perfect(0.0), hh), torch.zeros(6))
+    r = [h.novelty_reward(Perfect(e), hh).mean().item() for e in (0.1, 0.5, 2.0)]
+    assert r[0] < r[1] < r[2]
+    assert r[1] == pytest.approx(math.log1p(0.25), rel=1e-5)  # symlog of the mean squared error
+    code, probs = ae.encode(hh.requires_grad_(True))
+    c = code.reshape(6, 8, 8)
+    assert torch.equal(c.sum(-1), torch.ones(6, 8)) and set(c.unique().tolist()) <= {0.0, 1.0}
+    loss, _ = ae.loss(hh)
+    (ae.decode(code) ** 2).sum().backward()  # straight-through: the encoder receives a gradient through the code
+    assert ae.enc[0].weight.grad is not None and ae.enc[0].weight.grad.abs().sum() > 0
+    assert torch.isfinite(loss)
+
+
+def test_factored_code_actor():
+    torch.manual_seed(11)
+    cfg = h.SIZES["debug"]
+    for factor_mean in (False, True):
+        actor = h.Actor(10, 64, "code", cfg, factor_mean=factor_mean)
+        dist = actor.dist(torch.randn(5, 10))
+        a = actor.sample(dist)
+        rows = a.reshape(5, 8, 8)
+        assert torch.equal(rows.sum(-1), torch.ones(5, 8))
+        per_factor = (rows * dist[1].log()).sum(-1)  # (5, 8)
+        ent_factor = -(dist[1] * dist[1].log()).sum(-1)
+        reduce = (lambda x: x.mean(-1)) if factor_mean else (lambda x: x.sum(-1))
+        torch.testing.assert_close(actor.log_prob(dist, a), reduce(per_factor))
+        torch.testing.assert_close(actor.entropy(dist), reduce(ent_factor))
+        greedy = actor.sample(dist, greedy=True).reshape(5, 8, 8)
+        torch.testing.assert_close(greedy.argmax(-1), dist[1].argmax(-1))
+
+
+def test_goal_held_constant_in_imagination():
+    torch.manual_seed(12)
+    agent, args = debug_agent(max_hierarchy=2)
+    lv = agent.levels[0]
+    start = {k: v.expand(4, *v.shape[1:]).clone() for k, v in lv.wm.initial(1).items()}
+    code = torch.nn.functional.one_hot(torch.randint(0, 8, (4, 8)), 8).float().flatten(1)
+    xs, hs, acts, rew, cont = h.imagine(lv, start, torch.zeros(4, 4, 4), code, 5)
+    assert xs.shape == (6, 4, lv.ac_dim) and acts.shape == (5, 4, 3)
+    for k in range(6):
+        torch.testing.assert_close(xs[k, :, -64:], code)
+    # in training, the code comes from the replay record of each start index
+    batch_code = torch.arange(2 * 3 * 64, dtype=torch.float32).reshape(2, 3, 64)
+    assert torch.equal(batch_code.flatten(0, 1)[4], batch_code[1, 1])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# ETBS (spec 7.17-7.21)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 2, 10, 1000])
+@pytest.mark.parametrize("tau", [0.0, 0.3, 1.0])
+def test_etbs_pmf_valid(n, tau):
+    for m in (n, 1_000_000):
+        pmf = h.etbs_pmf(n, m, tau)
+        assert (pmf >= -1e-12).all() and pmf.sum() == pytest.approx(1.0, abs=1e-9)
+        idx = h.etbs_index(np.random.default_rng(0).random(5000), n, m, tau)
+        assert idx.min() >= 0 and idx.max() <= n - 1
+
+
+def test_etbs_uniform_at_tau0_and_recency_at_tau1():
+    np.testing.assert_allclose(h.etbs_pmf(50, 50, 0.0), np.full(50, 1 / 50), atol=1e-9)
+    n = 40
+    pmf = h.etbs_pmf(n, n, 1.0)
+    assert (np.diff(pmf) >= -1e-9).all() and pmf[-1] > 5 * pmf[0]  # newer keys are at least as likely
+    # M = N, tau = 1: P(i) = (F^-1((i+1)/N) - F^-1(i/N)) / N
+    grid = np.linspace(2, n + 2, 200001)
+    cdf = h.etbs_cdf(grid, n)
+    finv = np.interp(np.arange(n + 1) / n, cdf, grid)
+    np.testing.assert_allclose(pmf, np.diff(finv) / n, atol=1e-5)
+
+
+def test_etbs_cdf_closed_form():
+    for n_keys in (1, 10, 500):
+        n = n_keys + 2
+        assert h.etbs_cdf(2.0, n_keys) == pytest.approx(0.0, abs=1e-12)
+        assert h.etbs_cdf(float(n), n_keys) == pytest.approx(1.0)
+        xs = np.linspace(2, n, 101)
+        assert (np.diff(h.etbs_cdf(xs, n_keys)) >= 0).all()
+        ys = np.linspace(2, n, 200001)
+        dens = np.log(n / ys)
+        z = np.trapezoid(dens, ys)
+        for x in (2.5, 2 + (n - 2) / 3, n - 0.5):
+            m = ys <= x
+            assert np.trapezoid(dens[m], ys[m]) / z == pytest.approx(h.etbs_cdf(x, n_keys), abs=1e-4)
+
+
+def test_etbs_monte_carlo_matches_pmf():
+    rng = np.random.default_rng(13)
+    for n, m, tau in ((20, 20, 1.0), (20, 20, 0.3), (50, 1_000_000, 0.3)):
+        pmf = h.etbs_pmf(n, m, tau)
+        draws = 1_000_000
+        counts = np.bincount(h.etbs_index(rng.random(draws), n, m, tau), minlength=n)
+        live = pmf * draws > 5
+        chi2 = (((counts - pmf * draws) ** 2)[live] / (pmf * draws)[live]).sum()
+        dof = live.sum() - 1
+        assert chi2 < dof + 5 * math.sqrt(2 * dof)  # far inside the chi-square tail
+        expected_rare = pmf[~live].sum() * draws
+        assert counts[~live].sum() <= 3 * expected_rare + 10
+    n = 1000  # M = capacity >> N, tau = 0.3: the oldest ~30 % are (almost) never drawn
+    idx = h.etbs_index(rng.random(200_000), n, 1_000_000, 0.3)
+    assert (idx < math.floor(0.3 * (n - 1))).mean() < 1e-3
+
+
+def test_etbs_time_balance_beats_uniform():
+    rng = np.random.default_rng(14)
+    inserts, k = 5000, 16
+    cv = {}
+    for name in ("uniform", "etbs"):
+        counts = np.zeros(inserts)
+        for n in range(1, inserts + 1):
+            u = rng.random(k)
+            idx = h.etbs_index(u, n, n, 1.0) if name == "etbs" else np.minimum((u * n).astype(int), n - 1)
+            np.add.at(counts, idx, 1)
+        cv[name] = counts.std() / counts.mean()
+    assert cv["etbs"] < 0.7 * cv["uniform"], cv
+
+
+def test_replay_sequences_and_wraparound():
+    args = h.Args(model_size="debug", replay="uniform")
+    spec = {"obs": ((2,), np.float32), "is_first": ((), bool)}
+    rep = h.SequenceReplay(capacity=20, num_envs=2, length=4, spec=spec, args=args, seed=0)
+    for t in range(25):  # 25 steps per env, capacity 10 per env: wrapped
+        rep.add({"obs": np.array([[t, 0], [t, 1]], np.float32), "is_first": np.zeros(2, bool)})
+    assert len(rep) == 2 * (10 - 4 + 1)
+    batch = rep.sample(64)
+    t0 = batch["obs"][:, :, 0]
+    assert (np.diff(t0, axis=1) == 1).all() and t0.min() >= 15 and t0.max() <= 24  # contiguous, not overwritten
+    assert batch["is_first"][:, 0].all() and not batch["is_first"][:, 1:].any()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Training step and end-to-end smoke runs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_train_level_updates_all_parts():
+    torch.manual_seed(15)
+    agent, args = debug_agent(max_hierarchy=2, imag_horizon=3)
+    lv = agent.levels[0]
+    opts, sched = h.make_optimizers(lv, args)
+    b, t = 2, 6
+    flag = torch.zeros(b, t, dtype=torch.bool)
+    batch = dict(obs=torch.randn(b, t, 5), action=torch.nn.functional.one_hot(torch.randint(0, 3, (b, t)), 3).float(),
+                 reward=torch.randn(b, t), is_first=flag, is_terminal=flag, subgoal=torch.randn(b, t, 16),
+                 code=torch.zeros(b, t, 64))  # fmt: skip
+    before = {n: p.detach().clone() for n, p in lv.named_parameters()}
+    import contextlib
+
+    m = h.train_level(lv, opts, sched, batch, args, h.wm_loss, contextlib.nullcontext)
+    assert all(torch.isfinite(v).all() for v in m.values())
+    for part in ("wm.encoder", "wm.stack", "actor", "critics.extrinsic", "critics.subgoal", "ae"):
+        assert any(not torch.equal(before[n], p) for n, p in lv.named_parameters() if n.startswith(part)), part
+    assert {"imag_ext_reward", "imag_subgoal_reward", "wm_kl_dyn", "actor", "ae"} <= set(m)
+
+
+def run_script(tmp_path, *flags, check=True):
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, SCRIPT, "--model-size", "debug", "--batch-size", "2", "--batch-length", "8", "--train-ratio", "8",
+           "--imag-horizon", "4", "--log-every", "5", "--progress-every", "32", *flags]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def one_line_error(proc):
+    lines = [x for x in proc.stderr.strip().splitlines() if x.strip()]
+    return proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("levels", [1, 3])
+def test_smoke_cartpole_save_evaluate(tmp_path, levels):
+    proc = run_script(tmp_path, "--env-id", "CartPole-v1", "--total-timesteps", "96", "--max-hierarchy", str(levels),
+                      "--subactor-update-every", "2", "--save-model", "--eval-episodes", "2")  # fmt: skip
+    assert "model saved to" in proc.stdout and proc.stdout.count("eval_episode=") == 2
+    assert "step 96/96" in proc.stdout
+    (model,) = tmp_path.glob("runs/*/hieros_s5_torch.cleanrl_model")
+    returns = h.evaluate(str(model), h.make_env, "CartPole-v1", 1, "test-eval", seed=3)
+    assert len(returns) == 1 and returns[0] >= 1
+    ev = run_script(tmp_path, "--env-id", "CartPole-v1", "--evaluate", str(model), "--eval-episodes", "1")
+    assert "mean eval return over 1 episodes" in ev.stdout
+
+
+@pytest.mark.slow
+def test_smoke_crafter_three_levels(tmp_path):
+    proc = run_script(tmp_path, "--env-id", "crafter", "--total-timesteps", "64", "--subactor-update-every", "2",
+                      "--save-model", "--eval-episodes", "0")  # fmt: skip
+    assert "model saved to" in proc.stdout and "step 64/64" in proc.stdout
+
+
+@pytest.mark.slow
+def test_smoke_atari_pong(tmp_path):
+    proc = run_script(tmp_path, "--env-id", "atari100k_pong", "--total-timesteps", "48", "--max-hierarchy", "2",
+                      "--bf16-autocast", "--replay", "uniform")  # fmt: skip
+    assert "step 48/48" in proc.stdout
+
+
+@pytest.mark.slow
+def test_resume_continues_step_counter_and_checks_config(tmp_path):
+    run_script(
+        tmp_path, "--env-id", "CartPole-v1", "--total-timesteps", "48", "--checkpoint-every", "48", "--max-hierarchy", "2"
+    )
+    (ckpt,) = tmp_path.glob("runs/*/checkpoint.pt")
+    proc = run_script(
+        tmp_path, "--env-id", "CartPole-v1", "--total-timesteps", "80", "--max-hierarchy", "2", "--resume", str(ckpt)
+    )
+    assert "resumed from" in proc.stdout and "global_step=48" in proc.stdout and "step 80/80" in proc.stdout
+    state = torch.load(ckpt, weights_only=False)
+    assert state["global_step"] == 48 and state["replays"][0]["count"] == 48
+    bad = run_script(tmp_path, "--env-id", "CartPole-v1", "--total-timesteps", "80", "--max-hierarchy", "3", "--resume",
+                     str(ckpt), check=False)  # fmt: skip
+    assert one_line_error(bad) and "max_hierarchy" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--env-id", "NoSuchEnv-v0"], "NoSuchEnv-v0"),
+        (["--env-id", "CartPole-v1", "--batch-length", "0"], "batch-length"),
+        (["--env-id", "CartPole-v1", "--resume", "missing.pt"], "not found"),
+        (["--env-id", "CartPole-v1", "--evaluate", "corrupt.pt"], "corrupt"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path, flags, words):
+    (tmp_path / "corrupt.pt").write_bytes(b"this is not a checkpoint")
+    proc = run_script(tmp_path, *flags, check=False)
+    assert one_line_error(proc), proc.stderr
+    assert words in proc.stderr
