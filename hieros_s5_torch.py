@@ -378,8 +378,11 @@ class S5SSM(nn.Module):
         self.C = nn.Parameter(torch.stack([c.real, c.imag], -1).float())  # (H, P, 2)
         self.D = nn.Parameter(torch.rand(h))  # U[0, 1) as the original
         self.log_step = nn.Parameter(torch.empty(p).uniform_(math.log(dt_min), math.log(dt_max)))  # (P,)
+        self.frozen = None  # (Lambda_bar, B_bar) cached while the parameters cannot change (see frozen_ssms)
 
     def discrete(self):
+        if self.frozen is not None:
+            return self.frozen
         lam = torch.complex(self.lambda_re, self.lambda_im)
         return discretize_zoh(lam, torch.complex(self.B[..., 0], self.B[..., 1]), self.log_step.exp())
 
@@ -405,6 +408,24 @@ class S5SSM(nn.Module):
             lam_bar, b_bar = self.discrete()
             x = lam_bar * x + self._bu(u, b_bar)
             return self._y(x, u), x
+
+
+class frozen_ssms:
+    """Context manager: discretise every SSM of `module` once (no grad) and reuse it for all recurrent steps inside,
+    instead of once per step and SSM (imagination runs 16 steps x 8 SSMs; acting runs one step per level)."""
+
+    def __init__(self, module):
+        self.ssms = [m for m in module.modules() if isinstance(m, S5SSM)]
+
+    def __enter__(self):
+        with torch.no_grad():
+            for m in self.ssms:
+                m.frozen = None
+                m.frozen = tuple(x.detach() for x in m.discrete())
+
+    def __exit__(self, *exc):
+        for m in self.ssms:
+            m.frozen = None
 
 
 class DoubleS5Block(nn.Module):
@@ -1061,6 +1082,12 @@ def imagine(level, start, logits, code, horizon):
     """Roll the prior K steps from every start state with a_k ~ pi(s_k, code); the code stays fixed (spec 2.4).
     Returns actor inputs (K+1, N, F), deters (K+1, N, D), actions (K, N, A), reward and continue means (K+1, N)."""
     state, xs, hs, acts, rews, conts = start, [], [], [], [], []
+    with frozen_ssms(level.wm):
+        traj = _imagine_loop(level, state, logits, code, horizon, xs, hs, acts, rews, conts)
+    return traj
+
+
+def _imagine_loop(level, state, logits, code, horizon, xs, hs, acts, rews, conts):
     for k in range(horizon + 1):
         x, r, c = level.ac_input(state, logits, code)
         xs.append(x), hs.append(state["h"].float()), rews.append(r), conts.append(c)
