@@ -1,0 +1,1633 @@
+# docs and experiment results: docs/thick.md (THICK) on top of README.md#dreamerv3 and docs/dreamerv3.md
+"""THICK Dreamer (Gumbsch et al., "Learning hierarchical world models with adaptive temporal abstractions from discrete
+latent dynamics", ICLR 2024, OpenReview TjCDNssXKU) on top of DreamerV3 (Hafner et al., Nature 2025) in one JAX file.
+
+    python thick_dreamer_jax.py --env-id crafter --sparse-scale 1.0      # Crafter, train ratio 512, model 12m
+    python thick_dreamer_jax.py --env-id atari100k_pong --sparse-scale 10
+    python thick_dreamer_jax.py --env-id CartPole-v1 --model-size 1m     # vector observations
+    python thick_dreamer_jax.py --evaluate runs/<run>/thick_dreamer_jax.cleanrl_model --eval-episodes 10
+
+THICK: this file is dreamerv3_jax.py plus blocks tagged "THICK:" / "ALGO LOGIC: THICK" (shared/specs/thick.md section 0):
+a C-RSSM (a GateL0RD context c that changes sparsely, fed into the GRU, the priors, the posterior and all heads; a
+coarse prior, decoder, reward and continue head without h; a sparsity loss on the gate openings), a high-level model
+that predicts the state, action, time and reward of the next context change, and the THICK Dreamer value: both critics
+(fine v(h, z, c) and coarse v_c(z_c, c)) regress psi * lambda-return + (1 - psi) * V_long, where V_long comes from one
+high-level step per imagined state. `diff dreamerv3_jax.py thick_dreamer_jax.py` shows exactly what THICK adds.
+
+This is the "v3-latest" agent of danijar/dreamerv3 (HEAD, = arXiv v2 = the Nature paper), following
+shared/specs/dreamerv3.md. Decisions (spec section 0): block-diagonal GRU with RMSNorm, one LaProp optimizer with
+adaptive gradient clipping and warm-up, symexp two-hot reward/critic, replay critic loss ("repval"), dynamics KL scale
+1.0, and stored replay latents used as the start state of every training window ("replay context"). Flags reproduce the
+2023 variant where it differs: --dyn-scale 0.5, --actor-unimix 0.01, --replay-context 0.
+
+File map (numbered sections):
+  0. Arguments                      5. Optimizer: AGC + LaProp + warm-up
+  1. Numeric helpers                6. Replay buffer with stored latents
+  2. Layers                         7. The agent: observe, imagine, losses, one jitted train step, policy step
+  3. World model networks           8. Checkpoints and evaluation
+  4. Actor and critic heads         9. Main loop (CleanRL skeleton)
+  3b. THICK: high-level model and target extraction
+Shapes: B batch, T batch length, N = B*T imagination starts, H imagination horizon, D deter, S stoch latents,
+K classes per latent, F = D + S*K + C features, A action dim, C context dim, NA high-level actions.
+"""
+
+import dataclasses
+import json
+import os
+import random
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import flax
+import flax.linen as nn
+import gymnasium as gym
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tyro
+
+import common
+
+# ======================================================================================================================
+# 0. Arguments
+# ======================================================================================================================
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment (python, numpy, JAX and the environments)"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "cleanwm"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to capture videos of the agent performances (check out `videos` folder)"""
+    save_model: bool = False
+    """whether to save the final model into `runs/{run_name}` and evaluate it"""
+
+    # Algorithm specific arguments
+    env_id: str = "crafter"
+    """crafter, crafter_noreward, atari100k_<game> or any gymnasium id"""
+    total_timesteps: int = 1_100_000
+    """env (policy) steps to run, summed over envs (Crafter is scored at 1M)"""
+    num_envs: int = 1
+    """the number of parallel environments"""
+    model_size: str = "12m"
+    """size preset: debug (tests), 1m, 12m, 25m, 50m, 100m, 200m, 400m (the official Crafter/Atari configs use 200m)"""
+    train_ratio: Optional[float] = None
+    """replayed steps per policy step; default per env: Crafter 512, Atari100k 256, other envs 512"""
+    batch_size: int = 16
+    """sequences per training batch"""
+    batch_length: int = 64
+    """steps per training sequence (one extra context step is sampled in front)"""
+    learning_starts: Optional[int] = None
+    """policy steps collected before the first update (default: batch_size * batch_length + batch_length + 1)"""
+    compute_dtype: str = "float32"
+    """float32 or bfloat16 (bfloat16 matmuls; norms, distributions and losses stay float32)"""
+
+    # world model
+    dyn_scale: float = 1.0
+    """scale of the dynamics KL (0.5 = the 2023 version)"""
+    rep_scale: float = 0.1
+    """scale of the representation KL"""
+    free_nats: float = 1.0
+    """free nats of each KL term (per step, summed over latents)"""
+    latent_unimix: float = 0.01
+    """uniform mixture of the categorical latents"""
+
+    # actor and critic
+    imag_horizon: int = 15
+    """imagination horizon H"""
+    horizon: int = 333
+    """discount horizon: gamma = 1 - 1/horizon"""
+    lam: float = 0.95
+    """lambda of the lambda-returns"""
+    actor_entropy: float = 3e-4
+    """entropy regulariser of the actor"""
+    actor_unimix: float = 0.0
+    """uniform mixture of the discrete actor (0.0 = official HEAD behaviour, 0.01 = paper / 2023 version)"""
+    slow_critic_mix: float = 0.02
+    """EMA rate of the slow critic, mixed after every update"""
+    slowreg: float = 1.0
+    """scale of the critic's regulariser toward the slow critic"""
+    repval_scale: float = 0.3
+    """scale of the replay critic loss (0 disables it)"""
+
+    # optimizer
+    learning_rate: float = 4e-5
+    """learning rate of the single LaProp optimizer"""
+    opt_eps: float = 1e-20
+    """epsilon of LaProp's RMS normalisation"""
+    agc: float = 0.3
+    """adaptive gradient clipping threshold (per parameter tensor, relative to its norm)"""
+    warmup: int = 1000
+    """linear learning-rate warm-up in updates"""
+
+    # replay
+    buffer_size: int = 1_000_000
+    """replay capacity in steps, summed over envs (capped at total_timesteps)"""
+    replay_context: int = 1
+    """1: start every training window from the latents stored in replay; 0: from zeros (2023 version)"""
+
+    # THICK: C-RSSM, high-level model, THICK Dreamer value (shared/specs/thick.md sections 0 and 5.3)
+    sparse_scale: float = 1.0
+    """beta_sparse, the weight of the sparsity loss on the context gates (tune it: see docs/thick.md)"""
+    context_dim: int = 8
+    """C, the context dimension (16 matches the original THICK)"""
+    gate_noise: float = 0.1
+    """sigma of the Gaussian noise on the gate pre-activations (on in every world-model pass)"""
+    sparse_free: float = 1.0
+    """free budget of context changes per sequence in the sparsity loss (hinge max(S_b, free) / T)"""
+    hl_actions: int = 3
+    """N_A, the number of categorical high-level actions"""
+    psi: float = 0.9
+    """weight of the lambda-return in the critic target psi * ret + (1 - psi) * V_long (1 = plain DreamerV3 critic)"""
+    coarse_dec_scale: float = 2.0
+    """scale of the coarse image/vector reconstruction loss (coarse reward and continue: 1, coarse dyn KL: 1)"""
+    coarse_rep_scale: float = 0.1
+    """scale of the coarse representation KL"""
+    hl_scale: float = 1.0
+    """scale of every high-level loss term (z, a, delta, R, A-KL)"""
+    eval_gate_noise: bool = True
+    """keep the gate noise on in evaluation episodes (--no-eval-gate-noise turns it off there)"""
+
+    # logging, checkpoints, evaluation
+    log_every: int = 1000
+    """policy steps between progress lines and scalar logs"""
+    video_every: int = 10000
+    """updates between open-loop prediction videos in TensorBoard (0 disables)"""
+    checkpoint_every: int = 0
+    """write the full training state every N policy steps (0 disables)"""
+    checkpoint_replay: bool = True
+    """include the replay buffer in checkpoints (Crafter at 1M steps is ~12 GB on disk)"""
+    resume: Optional[str] = None
+    """path of a checkpoint to continue from (same config; the step counter continues)"""
+    eval_episodes: int = 10
+    """episodes of the evaluation after training (with --save-model) or with --evaluate"""
+    evaluate: Optional[str] = None
+    """path of a saved model or checkpoint: only evaluate it (no training) and exit"""
+
+
+# Model-size presets (spec 1.2): deter, hidden, classes per latent, CNN depth, MLP units; always 32 latents (debug: 8).
+SIZES = {
+    "debug": dict(deter=64, hidden=32, classes=4, depth=4, units=32, stoch=8),
+    "1m": dict(deter=512, hidden=64, classes=4, depth=4, units=64, stoch=32),
+    "12m": dict(deter=2048, hidden=256, classes=16, depth=16, units=256, stoch=32),
+    "25m": dict(deter=3072, hidden=384, classes=24, depth=24, units=384, stoch=32),
+    "50m": dict(deter=4096, hidden=512, classes=32, depth=32, units=512, stoch=32),
+    "100m": dict(deter=6144, hidden=768, classes=48, depth=48, units=768, stoch=32),
+    "200m": dict(deter=8192, hidden=1024, classes=64, depth=64, units=1024, stoch=32),
+    "400m": dict(deter=12288, hidden=1536, classes=96, depth=96, units=1536, stoch=32),
+}
+
+# Flags that may differ between a checkpoint and the resuming run.
+RESUME_FREE = {
+    "exp_name", "track", "wandb_project_name", "wandb_entity", "capture_video", "save_model", "total_timesteps",
+    "log_every", "video_every", "checkpoint_every", "checkpoint_replay", "resume", "eval_episodes", "evaluate",
+    "eval_gate_noise",  # THICK
+}  # fmt: skip
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line on stderr with exit status 2."""
+
+
+def check_args(args: Args) -> Args:
+    """Validate the flags and fill in per-env defaults; raises UsageError with a one-line message."""
+    family = common.check_env_id(args.env_id)  # raises common.EnvIdError for an unknown id
+    if args.model_size not in SIZES:
+        raise UsageError(f"unknown --model-size '{args.model_size}'; choose one of {', '.join(SIZES)}")
+    if args.compute_dtype not in ("float32", "bfloat16"):
+        raise UsageError(f"--compute-dtype must be float32 or bfloat16, got '{args.compute_dtype}'")
+    for name in ("batch_size", "num_envs", "total_timesteps", "imag_horizon", "horizon", "log_every"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.batch_length < 2:
+        raise UsageError(f"--batch-length must be >= 2, got {args.batch_length}")
+    if args.train_ratio is None:
+        args.train_ratio = {"crafter": 512.0, "atari100k": 256.0}.get(family, 512.0)
+    if args.train_ratio <= 0:
+        raise UsageError(f"--train-ratio must be > 0, got {args.train_ratio}")
+    if args.learning_starts is None:
+        args.learning_starts = args.batch_size * args.batch_length + args.batch_length + 1
+    capacity = min(args.buffer_size, args.total_timesteps + args.num_envs) // args.num_envs
+    if capacity < args.batch_length + 1:
+        raise UsageError(f"--buffer-size {args.buffer_size} holds {capacity} steps per env, fewer than --batch-length + 1")
+    if args.replay_context not in (0, 1):
+        raise UsageError("--replay-context must be 0 or 1")
+    if not 0 <= args.lam <= 1 or not 0 <= args.actor_unimix < 1 or not 0 <= args.latent_unimix < 1:
+        raise UsageError("--lam, --actor-unimix and --latent-unimix must lie in [0, 1]")
+    # THICK: flag checks
+    if args.context_dim < 1 or args.hl_actions < 1:
+        raise UsageError(f"--context-dim and --hl-actions must be >= 1, got {args.context_dim} and {args.hl_actions}")
+    if not 0 <= args.psi <= 1:
+        raise UsageError(f"--psi must lie in [0, 1], got {args.psi}")
+    if args.gate_noise < 0 or args.sparse_scale < 0 or args.sparse_free < 0:
+        raise UsageError("--gate-noise, --sparse-scale and --sparse-free must be >= 0")
+    return args
+
+
+# ======================================================================================================================
+# 1. Numeric helpers (each has a value test in tests/test_dreamerv3.py)
+# ======================================================================================================================
+
+
+def symlog(x):
+    return jnp.sign(x) * jnp.log1p(jnp.abs(x))  # symlog(x) = sign(x) ln(1 + |x|)
+
+
+def symexp(x):
+    return jnp.sign(x) * jnp.expm1(jnp.abs(x))  # symexp(y) = sign(y) (e^|y| - 1)
+
+
+def twohot_bins(num: int = 255) -> jnp.ndarray:
+    """symexp(linspace(-20, 0, 128)) mirrored around an exact 0: 255 bins in raw (reward or value) space."""
+    half = symexp(jnp.linspace(-20.0, 0.0, (num + 1) // 2, dtype=jnp.float32))  # (128,), half[-1] == 0
+    return jnp.concatenate([half, -half[:-1][::-1]])  # (255,), antisymmetric
+
+
+BINS = None  # built lazily so that importing this file does not start JAX
+
+
+def bins():
+    global BINS
+    if BINS is None:
+        with jax.ensure_compile_time_eval():  # a concrete array even when first called inside a jit trace (no leak)
+            BINS = twohot_bins()
+    return BINS
+
+
+def twohot_encode(x, b):
+    """Two-hot target of x (..., ) over bins b (K,): linear interpolation in raw space; beyond the ends -> end bin."""
+    x = x.astype(jnp.float32)[..., None]
+    below = jnp.sum(b <= x, -1) - 1  # index of the last bin <= x
+    above = len(b) - jnp.sum(b > x, -1)  # index of the first bin > x
+    below, above = jnp.clip(below, 0, len(b) - 1), jnp.clip(above, 0, len(b) - 1)
+    equal = below == above
+    x = x[..., 0]
+    dist_below = jnp.where(equal, 1.0, jnp.abs(b[below] - x))
+    dist_above = jnp.where(equal, 1.0, jnp.abs(b[above] - x))
+    total = dist_below + dist_above
+    return (jax.nn.one_hot(below, len(b)) * (dist_above / total)[..., None]  # weight of a bin = distance to the other
+            + jax.nn.one_hot(above, len(b)) * (dist_below / total)[..., None])  # fmt: skip
+
+
+def twohot_mean(logits, b):
+    """Prediction sum_i p_i b_i, summed symmetrically (mirrored pairs first) so uniform probabilities give exactly 0."""
+    pb = jax.nn.softmax(logits.astype(jnp.float32), -1) * b  # (..., 255)
+    m = len(b) // 2
+    pairs = pb[..., :m][..., ::-1] + pb[..., m + 1 :]  # (p_{m-j} b_{m-j}) + (p_{m+j} b_{m+j}), j = 1..127
+    return pairs.sum(-1) + pb[..., m]
+
+
+def twohot_loss(logits, target, b):
+    """Cross-entropy of the two-hot encoding of `target` against log_softmax(logits)."""
+    return -jnp.sum(twohot_encode(target, b) * jax.nn.log_softmax(logits.astype(jnp.float32), -1), -1)
+
+
+def unimix_logits(logits, unimix: float):
+    """log of p = (1 - unimix) softmax(logits) + unimix / K: a categorical that never becomes deterministic."""
+    logits = logits.astype(jnp.float32)
+    if unimix == 0:
+        return jax.nn.log_softmax(logits, -1)
+    probs = (1 - unimix) * jax.nn.softmax(logits, -1) + unimix / logits.shape[-1]
+    return jnp.log(probs)
+
+
+def sample_onehot(key, logits):
+    """Straight-through one-hot sample: value = one-hot sample, gradient = that of the probabilities."""
+    probs = jax.nn.softmax(logits, -1)
+    onehot = jax.nn.one_hot(jax.random.categorical(key, logits, -1), logits.shape[-1], dtype=probs.dtype)
+    return onehot + probs - jax.lax.stop_gradient(probs)
+
+
+def categorical_kl(logits_p, logits_q):
+    """KL[p || q] of per-latent categoricals (..., S, K), summed over the S latents."""
+    p = jax.nn.softmax(logits_p, -1)
+    return jnp.sum(p * (jax.nn.log_softmax(logits_p, -1) - jax.nn.log_softmax(logits_q, -1)), (-2, -1))
+
+
+def categorical_entropy(logits):
+    logp = jax.nn.log_softmax(logits, -1)
+    return -jnp.sum(jnp.exp(logp) * logp, -1)
+
+
+def lambda_return(rew, live, cont, boot):
+    """Lambda-returns by a reverse scan (spec 2.3), all inputs (N, L); returns R_0..R_{L-2}, shape (N, L-1).
+
+        R_{L-1} = boot_{L-1}
+        R_k     = rew_{k+1} + live_{k+1} * [ (1 - cont_{k+1}) * boot_{k+1} + cont_{k+1} * R_{k+1} ]
+    live = discount of continuing (imagination: the continue probability; replay: gamma * (1 - is_terminal)),
+    cont = lambda * (1 - is_last) (how much of the trace continues), boot = the value used for bootstrapping.
+    """
+    interm = rew[:, 1:] + live[:, 1:] * (1 - cont[:, 1:]) * boot[:, 1:]  # (N, L-1)
+
+    def step(ret_next, inp):  # pipeline order: later step first
+        interm_k, live_k, cont_k = inp
+        ret = interm_k + live_k * cont_k * ret_next
+        return ret, ret
+
+    xs = (interm.T, live[:, 1:].T, cont[:, 1:].T)  # time-major (L-1, N)
+    _, rets = jax.lax.scan(step, boot[:, -1], xs, reverse=True)
+    return rets.T  # (N, L-1)
+
+
+# THICK: GateL0RD gate algebra and the sparsity loss (spec 1.1b, 1.3), always float32
+def gate_math(s, r_pre, c_prev):
+    """s: gate pre-activation (noise included), r_pre: candidate pre-activation, c_prev: c_{t-1}; all (..., C).
+
+        Lambda = max(0, tanh s) in [0, 1)      c_t = Lambda * tanh(r_pre) + (1 - Lambda) * c_{t-1}   (closed gate: exact copy)
+        Theta  = 1[Lambda > 0] forward, dTheta/dLambda = 1 backward (straight-through Heaviside)
+    Returns (c_t, Theta, Lambda)."""
+    s, r_pre, c_prev = s.astype(jnp.float32), r_pre.astype(jnp.float32), c_prev.astype(jnp.float32)
+    lam = jnp.maximum(0.0, jnp.tanh(s))
+    c_new = lam * jnp.tanh(r_pre) + (1.0 - lam) * c_prev
+    theta = jax.lax.stop_gradient((lam > 0).astype(jnp.float32)) + (lam - jax.lax.stop_gradient(lam))  # exactly 0 / 1
+    return c_new, theta, lam
+
+
+def sparse_loss(theta, sparse_free: float):
+    """THIX's hinged L0 loss: S_b = sum_t mean_i Theta_{b,t,i}; L = mean_b max(S_b, sparse_free) / T. theta: (B, T, C)."""
+    s_b = jnp.sum(jnp.mean(theta, -1), -1)
+    return jnp.mean(jnp.maximum(s_b, sparse_free)) / theta.shape[1]
+
+
+def long_value(r_hat, delta_hat, con_c, v_c, gamma: float):
+    """THICK Dreamer's long-horizon value (thick spec 3.2): V_long = R_hat + gamma^Delta_hat * con_c * v_c, where
+    R_hat = sum_{j=t+1}^{tau} gamma^(j-t-1) r_j, Delta_hat = tau - 1 - t and con_c ~ gamma * cont at tau."""
+    return r_hat + gamma**delta_hat * con_c * v_c
+
+
+def mixed_target(ret, v_long, psi: float, mask_sum):
+    """Critic target psi * ret + (1 - psi) * sg(V_long); psi = 1 (pure lambda-return) when the batch has no change
+    events (mask_sum = 0), since the high-level model then had nothing to learn from. Returns (target, fallback)."""
+    fallback = mask_sum <= 0
+    return jnp.where(fallback, ret, psi * ret + (1 - psi) * jax.lax.stop_gradient(v_long)), fallback
+
+
+def percentile_update(lo_hi, ret, rate: float = 0.01, perclo: float = 5.0, perchi: float = 95.0):
+    """Return-scale EMA (spec 2.4): lo <- (1-rate) lo + rate P5(R), hi likewise with P95; scale S = max(1, hi - lo)."""
+    lo = (1 - rate) * lo_hi[0] + rate * jnp.percentile(ret, perclo)
+    hi = (1 - rate) * lo_hi[1] + rate * jnp.percentile(ret, perchi)
+    return jnp.stack([lo, hi]), jnp.maximum(1.0, hi - lo)
+
+
+# ======================================================================================================================
+# 2. Layers: Linear, BlockLinear, Conv (truncated-normal fan-in init), RMSNorm; block order Linear -> RMSNorm -> SiLU
+# ======================================================================================================================
+
+
+def trunc_normal(outscale: float = 1.0):
+    """Truncated normal on [-2, 2] times 1.1368 (undoes the truncation's std) times sqrt(1 / fan_in).
+
+    fan_in = product of all kernel axes but the last: Linear (in, out) -> in; Conv (k, k, cin, cout) -> k*k*cin;
+    BlockLinear (g, in/g, out/g) -> in, the full input width (spec 1.1). outscale 0 gives an all-zero kernel.
+    """
+
+    def init(key, shape, dtype=jnp.float32):
+        if outscale == 0.0:
+            return jnp.zeros(shape, dtype)
+        fan_in = int(np.prod(shape[:-1]))
+        return jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype) * 1.1368 * outscale / np.sqrt(fan_in)
+
+    return init
+
+
+class Linear(nn.Module):
+    units: int
+    outscale: float = 1.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):  # (..., in) -> (..., units)
+        kernel = self.param("kernel", trunc_normal(self.outscale), (x.shape[-1], self.units))
+        bias = self.param("bias", nn.initializers.zeros, (self.units,))
+        return x.astype(self.dtype) @ kernel.astype(self.dtype) + bias.astype(self.dtype)
+
+
+class BlockLinear(nn.Module):
+    """Block-diagonal linear layer: input split into `blocks` contiguous groups, each mapped by its own matrix."""
+
+    units: int
+    blocks: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):  # (..., in) -> (..., units)
+        g = self.blocks
+        kernel = self.param("kernel", trunc_normal(), (g, x.shape[-1] // g, self.units // g))
+        bias = self.param("bias", nn.initializers.zeros, (self.units,))
+        x = x.reshape(*x.shape[:-1], g, x.shape[-1] // g).astype(self.dtype)  # (..., g, in/g)
+        y = jnp.einsum("...gi,gio->...go", x, kernel.astype(self.dtype))  # (..., g, units/g)
+        return y.reshape(*y.shape[:-2], self.units) + bias.astype(self.dtype)
+
+
+class Conv(nn.Module):
+    """5x5 stride-1 'SAME' convolution with bias, NHWC."""
+
+    channels: int
+    kernel: int = 5
+    outscale: float = 1.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):  # (N, H, W, Cin) -> (N, H, W, channels)
+        k = self.param("kernel", trunc_normal(self.outscale), (self.kernel, self.kernel, x.shape[-1], self.channels))
+        bias = self.param("bias", nn.initializers.zeros, (self.channels,))
+        y = jax.lax.conv_general_dilated(x.astype(self.dtype), k.astype(self.dtype), (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))  # fmt: skip
+        return y + bias.astype(self.dtype)
+
+
+class RMSNorm(nn.Module):
+    """x * rsqrt(mean(x^2) + 1e-4) * scale over the last axis, computed in float32; learned scale, no shift."""
+
+    eps: float = 1e-4
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
+        y = x.astype(jnp.float32)
+        y = y * jax.lax.rsqrt(jnp.mean(y * y, -1, keepdims=True) + self.eps) * scale
+        return y.astype(x.dtype)
+
+
+class NormAct(nn.Module):
+    """Linear -> RMSNorm -> SiLU, the building block of every MLP."""
+
+    units: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.silu(RMSNorm()(Linear(self.units, dtype=self.dtype)(x)))
+
+
+class MLPHead(nn.Module):
+    """`layers` x [Linear -> RMSNorm -> SiLU], then a Linear output with `outscale` (0 = zero-initialised)."""
+
+    layers: int
+    units: int
+    out: int
+    outscale: float = 1.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        for _ in range(self.layers):
+            x = NormAct(self.units, self.dtype)(x)
+        return Linear(self.out, self.outscale, self.dtype)(x).astype(jnp.float32)
+
+
+def maxpool2(x):  # (N, H, W, C) -> (N, H/2, W/2, C)
+    n, h, w, c = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max((2, 4))
+
+
+def upsample2(x):  # nearest neighbour, (N, H, W, C) -> (N, 2H, 2W, C)
+    return jnp.repeat(jnp.repeat(x, 2, 1), 2, 2)
+
+
+# ======================================================================================================================
+# 3. World model networks (spec 1.3 - 1.6)
+# ======================================================================================================================
+
+
+class Encoder(nn.Module):
+    """Image: 4 x [Conv5x5 -> 2x2 max-pool -> RMSNorm -> SiLU], channels depth*(2,3,4,4), 64x64 -> 4x4, flattened.
+    Vector: symlog, then 3 x [Linear -> RMSNorm -> SiLU]."""
+
+    depth: int
+    units: int
+    image: bool
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, obs):  # (..., H, W, C) uint8 or (..., obs_dim) -> (..., E)
+        if not self.image:
+            x = symlog(obs.astype(jnp.float32))
+            for _ in range(3):
+                x = NormAct(self.units, self.dtype)(x)
+            return x
+        lead = obs.shape[:-3]
+        x = obs.reshape(-1, *obs.shape[-3:]).astype(jnp.float32) / 255.0 - 0.5  # (N, 64, 64, 3) in [-0.5, 0.5]
+        for mult in (2, 3, 4, 4):
+            x = Conv(self.depth * mult, dtype=self.dtype)(x)
+            x = nn.silu(RMSNorm()(maxpool2(x)))  # 64 -> 32 -> 16 -> 8 -> 4
+        return x.reshape(*lead, -1)  # (..., 4*4*4*depth)
+
+
+class RSSM(nn.Module):
+    """Recurrent state-space model with a block-diagonal GRU core (spec 1.4). State: deter h (D,) and stoch z (S, K).
+    THICK: C-RSSM (thick spec 1.1): a context c (C,) from a GateL0RD cell, updated from (z_{t-1}, a_{t-1}, c_{t-1})
+    before the GRU and fed into the GRU (a 4th embedding), the fine prior and the posterior; a coarse prior without h."""
+
+    deter: int
+    hidden: int
+    stoch: int
+    classes: int
+    blocks: int = 8
+    unimix: float = 0.01
+    dtype: Any = jnp.float32
+    context: int = 8  # THICK: C
+    gate_noise: float = 0.1  # THICK: sigma
+
+    def setup(self):
+        d, g = self.dtype, self.blocks
+        self.embed_h, self.embed_z, self.embed_a = NormAct(self.hidden, d), NormAct(self.hidden, d), NormAct(self.hidden, d)
+        self.core_hidden, self.core_norm = BlockLinear(self.deter, g, d), RMSNorm()
+        self.core_gates = BlockLinear(3 * self.deter, g, d)
+        self.prior_layers = [NormAct(self.hidden, d), NormAct(self.hidden, d)]
+        self.prior_out = Linear(self.stoch * self.classes, dtype=d)
+        self.post_layer = NormAct(self.hidden, d)
+        self.post_out = Linear(self.stoch * self.classes, dtype=d)
+        # THICK: GateL0RD cell (one float32 Linear, [gate | candidate]), context embedding, coarse prior
+        self.gate = Linear(2 * self.context, dtype=jnp.float32)
+        self.embed_c = NormAct(self.hidden, d)
+        self.coarse_layer = NormAct(self.hidden, d)
+        self.coarse_out = Linear(self.stoch * self.classes, dtype=d)
+
+    def __call__(self, h, z, a, embed, c):  # only used to create all parameters at init
+        c, _, _, ez, ea = self.context_step(z, a, c, jax.random.PRNGKey(0))
+        h = self.core(h, ez, ea, c)
+        return self.prior(h, c), self.posterior(h, c, embed), self.coarse_prior(c, ez, ea)
+
+    def embed_za(self, z, a):
+        """Embeddings of z_{t-1} and a_{t-1}, shared by the context cell, the GRU and the coarse prior."""
+        a = a / jax.lax.stop_gradient(jnp.maximum(1.0, jnp.abs(a)))  # clip continuous actions to |a| <= 1
+        return self.embed_z(z.reshape(*z.shape[:-2], -1)), self.embed_a(a)
+
+    def context_step(self, z, a, c, key, noise=1.0):
+        """THICK: c_t = GateL0RD([emb z_{t-1}, emb a_{t-1}], c_{t-1}) in float32 (spec 1.1b); noise scales sigma (0 = off).
+        Returns (c_t, Theta_t, Lambda_t, emb z, emb a); c_t depends on (z_{t-1}, a_{t-1}, c_{t-1}) only."""
+        ez, ea = self.embed_za(z, a)
+        s, r_pre = jnp.split(self.gate(jnp.concatenate([ez.astype(jnp.float32), ea.astype(jnp.float32), c], -1)), 2, -1)
+        s = s + noise * self.gate_noise * jax.random.normal(key, s.shape, jnp.float32)
+        c, theta, lam = gate_math(s, r_pre, c)
+        return c, theta, lam, ez, ea
+
+    def core(self, h, ez, ea, c):
+        """h_t = core(h_{t-1}, z_{t-1}, a_{t-1}, c_t) from the embeddings of z_{t-1}, a_{t-1}: (..., D) -> (..., D)."""
+        g, dg = self.blocks, self.deter // self.blocks
+        x = jnp.concatenate([self.embed_h(h), ez, ea, self.embed_c(c)], -1)  # THICK: + embedding of c_t
+        x = jnp.broadcast_to(x[..., None, :], (*x.shape[:-1], g, x.shape[-1]))  # (..., g, 4*hidden): copy per group
+        x = jnp.concatenate([h.reshape(*h.shape[:-1], g, dg).astype(x.dtype), x], -1)  # group k: [h_k, embeddings]
+        x = nn.silu(self.core_norm(self.core_hidden(x.reshape(*x.shape[:-2], -1))))  # (..., D)
+        gates = self.core_gates(x).astype(jnp.float32).reshape(*x.shape[:-1], g, 3, dg)  # per group [reset|cand|update]
+        reset, cand, update = [gates[..., i, :].reshape(*x.shape[:-1], self.deter) for i in range(3)]
+        reset = jax.nn.sigmoid(reset)  # r = sigmoid(reset)
+        cand = jnp.tanh(reset * cand)  # c = tanh(r * cand)
+        update = jax.nn.sigmoid(update - 1)  # u = sigmoid(update - 1)
+        return update * cand + (1 - update) * h.astype(jnp.float32)  # h_t = u c + (1 - u) h_{t-1}, float32
+
+    def prior(self, h, c):
+        """p(z_t | h_t, c_t): (..., D), (..., C) -> unimix log-probs (..., S, K)."""
+        x = jnp.concatenate([h.astype(self.dtype), c.astype(self.dtype)], -1)  # THICK: + c_t
+        for layer in self.prior_layers:
+            x = layer(x)
+        return unimix_logits(self.prior_out(x).reshape(*h.shape[:-1], self.stoch, self.classes), self.unimix)
+
+    def posterior(self, h, c, embed):
+        """q(z_t | h_t, c_t, e_t): (..., D), (..., C), (..., E) -> unimix log-probs (..., S, K)."""
+        x = self.post_layer(jnp.concatenate([h.astype(self.dtype), c.astype(self.dtype), embed.astype(self.dtype)], -1))
+        return unimix_logits(self.post_out(x).reshape(*h.shape[:-1], self.stoch, self.classes), self.unimix)
+
+    def coarse_prior(self, c, ez, ea):
+        """THICK: p_c(z_t | c_t, z_{t-1}, a_{t-1}), no h (spec 1.1f): one hidden layer on [c_t, emb z_{t-1}, emb a_{t-1}]."""
+        x = self.coarse_layer(jnp.concatenate([c.astype(self.dtype), ez, ea], -1))
+        return unimix_logits(self.coarse_out(x).reshape(*c.shape[:-1], self.stoch, self.classes), self.unimix)
+
+
+class Decoder(nn.Module):
+    """Image (spec 1.5): h -> BlockLinear to a 4x4xC map (block k = channels k*C/8 ..), z -> MLP -> 4x4xC; their sum
+    -> RMSNorm -> SiLU; 3 x [upsample -> Conv5x5 -> RMSNorm -> SiLU] with C = 4d, 3d, 2d; upsample -> Conv5x5 ->
+    sigmoid, 4 -> 8 -> 16 -> 32 -> 64. Vector: 3 x [Linear -> RMSNorm -> SiLU] on [z, h] -> prediction of symlog(x)."""
+
+    depth: int
+    units: int
+    out_shape: tuple
+    image: bool
+    blocks: int = 8
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, h, z):  # (..., D), (..., S, K) -> (..., *out_shape)
+        lead, zf = h.shape[:-1], z.reshape(*z.shape[:-2], -1)
+        if not self.image:
+            x = jnp.concatenate([zf.astype(self.dtype), h.astype(self.dtype)], -1)
+            for _ in range(3):
+                x = NormAct(self.units, self.dtype)(x)
+            return Linear(self.out_shape[0], dtype=self.dtype)(x).astype(jnp.float32)
+        c, g, sp = 4 * self.depth, self.blocks, self.out_shape[0] // 16  # channels, blocks, start resolution (4)
+        x0 = BlockLinear(sp * sp * c, g, self.dtype)(h).reshape(*lead, g, sp, sp, c // g)
+        x0 = jnp.moveaxis(x0, -4, -2).reshape(*lead, sp, sp, c)  # channel index = k * C/8 + c'
+        x1 = Linear(sp * sp * c, dtype=self.dtype)(NormAct(2 * self.units, self.dtype)(zf)).reshape(*lead, sp, sp, c)
+        x = nn.silu(RMSNorm()(x0 + x1)).reshape(-1, sp, sp, c)  # (N, 4, 4, 4d)
+        for mult in (4, 3, 2):
+            x = nn.silu(RMSNorm()(Conv(self.depth * mult, dtype=self.dtype)(upsample2(x))))  # 4 -> 8 -> 16 -> 32
+        x = Conv(self.out_shape[-1], dtype=self.dtype)(upsample2(x))  # (N, 64, 64, 3)
+        return jax.nn.sigmoid(x.astype(jnp.float32)).reshape(*lead, *self.out_shape)  # in [0, 1]
+
+
+# ======================================================================================================================
+# 3b. THICK: high-level model and its targets (thick spec 2)
+# ======================================================================================================================
+
+
+# ALGO LOGIC: THICK
+def extract_targets(ev, first, logits, stoch, ctx, act, rew, gamma: float):
+    """High-level targets by a reverse lax.scan over time (thick spec 2.5). For every step t of a window:
+    tau(t) = min{j > t : ev_j} (ev = any gate open | is_terminal), invalid if an is_first lies in (t, tau] or no event
+    follows inside the window. ev, first, rew: (B, T); logits (B, T, S, K); stoch (B, T, S*K); ctx (B, T, C); act (B, T, A).
+    Returns (B, T, ...) arrays: mask, delta = tau - 1 - t, z = logits[tau - 1], a = act[tau - 1],
+    R = sum_{j=t+1}^{tau} gamma^(j-t-1) r_j, c_next = ctx[tau], z_prev = stoch[tau - 1]; zeros where invalid."""
+    tm = lambda x: jnp.swapaxes(x, 0, 1)  # batch-major <-> time-major
+    bsz = ev.shape[0]
+    xs = {
+        "first": tm(first[:, 1:].astype(bool)),
+        "ev": tm(ev[:, 1:].astype(bool)),
+        "R": tm(rew[:, 1:].astype(jnp.float32)),
+        "c_next": tm(ctx[:, 1:].astype(jnp.float32)),
+        "z": tm(logits[:, :-1].astype(jnp.float32)),
+        "a": tm(act[:, :-1].astype(jnp.float32)),
+        "z_prev": tm(stoch[:, :-1].astype(jnp.float32)),
+    }  # step j = t+1 / t
+    zero = {"valid": jnp.zeros((bsz,), bool), "delta": jnp.zeros((bsz,)), "R": jnp.zeros((bsz,)),
+            **{k: jnp.zeros_like(xs[k][0]) for k in ("z", "a", "c_next", "z_prev")}}  # fmt: skip
+
+    def step(carry, x):
+        new = {"valid": jnp.ones((bsz,), bool), "delta": jnp.zeros((bsz,))}  # an event at j: tau = j
+        new |= {k: x[k] for k in ("R", "z", "a", "c_next", "z_prev")}
+        cont = carry | {"delta": carry["delta"] + 1, "R": x["R"] + gamma * carry["R"]}  # no event at j: extend
+        out = {}
+        for k in zero:
+            bc = lambda v: v.reshape((bsz,) + (1,) * (zero[k].ndim - 1))
+            out[k] = jnp.where(bc(x["first"]), zero[k], jnp.where(bc(x["ev"]), new[k], cont[k]))  # never across is_first
+        return out, out
+
+    _, outs = jax.lax.scan(step, zero, xs, reverse=True)
+    outs = {k: jnp.concatenate([tm(v), zero[k][:, None]], 1) for k, v in outs.items()}  # the last step has no target
+    valid = outs.pop("valid")
+    outs = {k: jnp.where(valid.reshape(valid.shape + (1,) * (v.ndim - 2)), v, 0.0) for k, v in outs.items()}  # zeros
+    return outs | {"mask": valid.astype(jnp.float32)}
+
+
+class HighLevelModel(nn.Module):
+    """THICK high-level model (thick spec 2.3): independent 2-layer MLPs (THIX layout, width = units) on the stop-gradient
+    input u = [flat z_t, c_t] and a one-hot high-level action A. Prior p(A | u), posterior q(A | u, c_tau, z_{tau-1});
+    heads for z_{tau-1} (S x K logits), a_{tau-1} (actor-style distribution), Delta (MSE) and R (symexp two-hot)."""
+
+    stoch: int
+    classes: int
+    act_out: int  # A (discrete) or 2A (continuous: mean and std)
+    hl_actions: int
+    units: int
+    unimix: float = 0.01
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        mlp = lambda out, outscale=1.0: MLPHead(2, self.units, out, outscale, self.dtype)
+        self.prior, self.post = mlp(self.hl_actions), mlp(self.hl_actions)
+        self.state, self.action = mlp(self.stoch * self.classes), mlp(self.act_out)
+        self.time, self.reward = mlp(1), mlp(255, 0.0)
+
+    def __call__(self, u, c_next, z_prev, key):
+        """Training pass with A ~ q(A | u, c_tau, z_{tau-1}) as a straight-through one-hot sample ([O], thick spec 0).
+        Returns the heads' outputs and the prior / posterior log-probs."""
+        lp, lq = self.prior_logp(u), jax.nn.log_softmax(self.post(jnp.concatenate([u, c_next, z_prev], -1)), -1)
+        return self.heads(u, sample_onehot(key, lq)), lp, lq
+
+    def prior_logp(self, u):
+        return jax.nn.log_softmax(self.prior(u), -1)
+
+    def heads(self, u, A):
+        x = jnp.concatenate([u, A.astype(u.dtype)], -1)
+        z = unimix_logits(self.state(x).reshape(*x.shape[:-1], self.stoch, self.classes), self.unimix)
+        return {"z": z, "a": self.action(x), "delta": self.time(x)[..., 0], "R": self.reward(x)}
+
+
+# ======================================================================================================================
+# 4. Actor and critic heads (spec 1.6)
+# ======================================================================================================================
+
+
+def actor_dist(out, discrete: bool, unimix: float):
+    """Actor output -> (sample_fn, logp_fn, entropy). Discrete: categorical over logits (optional unimix).
+    Continuous ('bounded normal'): mean = tanh(m), std = 0.9 sigmoid(s + 2) + 0.1; log-prob and entropy summed."""
+    if discrete:
+        logits = unimix_logits(out, unimix)  # (..., A) log-probs
+        sample = lambda key: jax.nn.one_hot(jax.random.categorical(key, logits, -1), logits.shape[-1])
+        logp = lambda a: jnp.sum(a * logits, -1)
+        return sample, logp, categorical_entropy(logits)
+    mean, std = jnp.split(out, 2, -1)
+    mean, std = jnp.tanh(mean), 0.9 * jax.nn.sigmoid(std + 2.0) + 0.1  # (..., A) each
+    sample = lambda key: mean + std * jax.random.normal(key, mean.shape)
+    logp = lambda a: jnp.sum(-0.5 * ((a - mean) / std) ** 2 - jnp.log(std) - 0.5 * jnp.log(2 * jnp.pi), -1)
+    entropy = jnp.sum(0.5 + 0.5 * jnp.log(2 * jnp.pi) + jnp.log(std), -1)
+    return sample, logp, entropy
+
+
+# ======================================================================================================================
+# 5. Optimizer: adaptive gradient clipping -> LaProp (RMS-normalise, then momentum) -> linear warm-up (spec 3)
+# ======================================================================================================================
+
+
+class LaPropState(flax.struct.PyTreeNode):
+    count: jnp.ndarray  # updates so far
+    nu: Any  # EMA of g^2
+    mu: Any  # EMA of the normalised update
+
+
+def laprop(lr: float, eps: float, agc: float, warmup: int, beta1: float = 0.9, beta2: float = 0.999, pmin: float = 1e-3):
+    """One optax transformation for the whole agent.
+
+    AGC (per tensor):  g <- g / max(1, ||g|| / (agc * max(pmin, ||theta||)))
+    RMS:               nu <- b2 nu + (1 - b2) g^2,      u = g / (sqrt(nu / (1 - b2^n)) + eps)
+    momentum:          mu <- b1 mu + (1 - b1) u,        step = mu / (1 - b1^n)
+    warm-up:           theta <- theta - lr * min(n - 1, warmup) / warmup * step   (update 0 uses lr 0)
+    """
+
+    def init(params):
+        zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # two separate trees (both are donated)
+        return LaPropState(count=jnp.zeros((), jnp.int32), nu=zeros(), mu=zeros())
+
+    def update(grads, state, params):
+        def clip(g, p):
+            limit = agc * jnp.maximum(pmin, jnp.linalg.norm(p.ravel()))
+            return g / jnp.maximum(1.0, jnp.linalg.norm(g.ravel()) / limit)
+
+        grads = jax.tree.map(clip, grads, params)
+        n = state.count + 1
+        nu = jax.tree.map(lambda v, g: beta2 * v + (1 - beta2) * g * g, state.nu, grads)
+        u = jax.tree.map(lambda g, v: g / (jnp.sqrt(v / (1 - beta2**n)) + eps), grads, nu)
+        mu = jax.tree.map(lambda m, x: beta1 * m + (1 - beta1) * x, state.mu, u)
+        rate = lr * jnp.minimum(state.count, warmup) / warmup if warmup > 0 else lr
+        updates = jax.tree.map(lambda m: -rate * m / (1 - beta1**n), mu)
+        return updates, LaPropState(count=n, nu=nu, mu=mu)
+
+    return optax.GradientTransformation(init, update)
+
+
+def learning_rate_at(args: Args, update: int) -> float:
+    return args.learning_rate * min(update, args.warmup) / args.warmup if args.warmup > 0 else args.learning_rate
+
+
+# ======================================================================================================================
+# 6. Replay buffer: one FIFO stream per env; windows of T + 1 steps; latents stored next to the observations (spec 4)
+# ======================================================================================================================
+
+
+class Replay:
+    """Stores per env the stream (obs_t, a_t, r_t, is_first_t, is_last_t, is_terminal_t, h_t, z_t), where a_t is the
+    action chosen after seeing obs_t, r_t the reward received on arriving at obs_t, and (h_t, z_t) the posterior the
+    actor computed at obs_t. A sample is a window of T + 1 consecutive steps of one env (it may cross episode
+    boundaries; is_first handles them). Step 0 of the window is only context. Uniform over all window starts, with
+    every fresh non-overlapping window queued once and served first ("online" queue). h is stored as float16 and z as
+    class indices (uint8) to save memory. THICK: the context c_t is stored next to them in float32."""
+
+    def __init__(self, capacity: int, num_envs: int, length: int, obs_space, act_dim: int, deter: int, stoch: int, seed: int,
+                 context: int = 8):  # fmt: skip
+        e, c = num_envs, capacity
+        self.capacity, self.length, self.num_envs = c, length, e
+        self.data = {
+            "obs": np.zeros((e, c, *obs_space.shape), obs_space.dtype if obs_space.dtype == np.uint8 else np.float32),
+            "action": np.zeros((e, c, act_dim), np.float32),
+            "reward": np.zeros((e, c), np.float32),
+            "is_first": np.zeros((e, c), bool),
+            "is_last": np.zeros((e, c), bool),
+            "is_terminal": np.zeros((e, c), bool),
+            "deter": np.zeros((e, c, deter), np.float16),
+            "stoch": np.zeros((e, c, stoch), np.uint8),
+            "context": np.zeros((e, c, context), np.float32),  # THICK
+        }
+        self.pos = np.zeros(e, np.int64)  # next write index per env
+        self.count = np.zeros(e, np.int64)  # steps ever written per env
+        self.queue = deque()  # fresh windows (env, start)
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self):
+        return int(np.minimum(self.count, self.capacity).sum())
+
+    def add(self, step: dict):
+        """Append one step for every env; `step` maps each key to an array with leading axis num_envs."""
+        envs = np.arange(self.num_envs)
+        for k, v in step.items():
+            self.data[k][envs, self.pos] = v
+        self.pos = (self.pos + 1) % self.capacity
+        self.count += 1
+        for e in envs:  # queue each new non-overlapping window once
+            if self.count[e] >= self.length and self.count[e] % self.length == 0:
+                self.queue.append((e, (self.pos[e] - self.length) % self.capacity))
+
+    def ready(self) -> bool:
+        return bool(np.all(self.count >= self.length))
+
+    def sample(self, batch: int):
+        """Return (arrays of shape (B, T+1, ...), env index (B,), time index (B, T+1))."""
+        starts = np.zeros(batch, np.int64)
+        env = np.zeros(batch, np.int64)
+        valid = np.minimum(self.count, self.capacity) - self.length + 1  # window starts per env
+        for b in range(batch):
+            if self.queue:
+                env[b], starts[b] = self.queue.popleft()
+            else:
+                env[b] = self.rng.choice(self.num_envs, p=valid / valid.sum())
+                oldest = (self.pos[env[b]] - min(self.count[env[b]], self.capacity)) % self.capacity
+                starts[b] = (oldest + self.rng.integers(valid[env[b]])) % self.capacity
+        index = (starts[:, None] + np.arange(self.length)) % self.capacity  # (B, T+1)
+        batch_data = {k: v[env[:, None], index] for k, v in self.data.items()}
+        return batch_data, env, index
+
+    def write_latents(self, env, index, deter, stoch, context):
+        """Write the refreshed posteriors of the trained steps (window steps 1..T) back into the replay."""
+        self.data["deter"][env[:, None], index] = deter
+        self.data["stoch"][env[:, None], index] = stoch
+        self.data["context"][env[:, None], index] = context  # THICK
+
+    def state_dict(self) -> dict:
+        return {
+            "data": self.data,
+            "pos": self.pos,
+            "count": self.count,
+            "queue": np.array(self.queue, np.int64).reshape(-1, 2),
+        }
+
+    def load_state_dict(self, state: dict):
+        for k in self.data:
+            self.data[k][...] = state["data"][k]
+        self.pos[...], self.count[...] = state["pos"], state["count"]
+        self.queue = deque((int(e), int(s)) for e, s in state["queue"])
+
+
+# ======================================================================================================================
+# 7. The agent: networks, observe (scan), imagine (scan), losses, one jitted train step, jitted policy step
+# ======================================================================================================================
+
+
+class TrainState(flax.struct.PyTreeNode):
+    params: Any  # {"enc", "rssm", "dec", "rew", "con", "actor", "critic"}: one tree, one optimizer
+    opt_state: Any
+    slow_critic: Any  # EMA copy of the critic, a regulariser target only
+    slow_ccritic: Any  # THICK: EMA copy of the coarse critic
+    retnorm: jnp.ndarray  # (2,) percentile EMA state (lo, hi) of the return scale
+    updates: jnp.ndarray  # number of updates applied
+
+
+def sg(x):
+    return jax.tree.map(jax.lax.stop_gradient, x)
+
+
+class Agent:
+    """Builds the networks for the given spaces and the jitted functions that use them (closures over `args`)."""
+
+    def __init__(self, args: Args, obs_space: gym.Space, act_space: gym.Space):
+        self.args, size = args, SIZES[args.model_size]
+        self.image = len(obs_space.shape) == 3
+        if not (self.image or len(obs_space.shape) == 1) or not isinstance(obs_space, gym.spaces.Box):
+            raise UsageError(f"unsupported observation space {obs_space}: use images (H, W, C) or flat vectors")
+        if self.image and (obs_space.shape[0] != obs_space.shape[1] or obs_space.shape[0] % 16):
+            raise UsageError(f"image observations must be square with a side divisible by 16, got {obs_space.shape}")
+        self.discrete = isinstance(act_space, gym.spaces.Discrete)
+        if not self.discrete and not (isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1):
+            raise UsageError(f"unsupported action space {act_space}: use Discrete or a 1-D Box")
+        self.obs_space, self.act_space = obs_space, act_space
+        self.act_dim = int(act_space.n) if self.discrete else int(act_space.shape[0])
+        self.deter, self.stoch, self.classes = size["deter"], size["stoch"], size["classes"]
+        self.ctx = args.context_dim  # THICK: C
+        dt = jnp.bfloat16 if args.compute_dtype == "bfloat16" else jnp.float32
+        units, depth = size["units"], size["depth"]
+        act_out = self.act_dim * (1 if self.discrete else 2)
+        # ALGO LOGIC: initialize agent here
+        self.enc = Encoder(depth, units, self.image, dt)
+        self.rssm = RSSM(self.deter, size["hidden"], self.stoch, self.classes, unimix=args.latent_unimix, dtype=dt,
+                         context=self.ctx, gate_noise=args.gate_noise)  # fmt: skip
+        self.dec = Decoder(depth, units, tuple(obs_space.shape), self.image, dtype=dt)
+        self.rew = MLPHead(1, units, 255, outscale=0.0, dtype=dt)  # zero-initialised: predicts 0 at the start
+        self.con = MLPHead(1, units, 1, outscale=1.0, dtype=dt)
+        self.actor = MLPHead(3, units, act_out, outscale=0.01, dtype=dt)
+        self.critic = MLPHead(3, units, 255, outscale=0.0, dtype=dt)
+        # ALGO LOGIC: THICK: coarse heads on (c, z) without h (the coarse decoder is the image decoder with c in place of
+        # h and one block), the coarse critic v_c(z_c, c) and the high-level model
+        self.cdec = Decoder(depth, units, tuple(obs_space.shape), self.image, blocks=1, dtype=dt)
+        self.crew = MLPHead(1, units, 255, outscale=0.0, dtype=dt)
+        self.ccon = MLPHead(1, units, 1, outscale=1.0, dtype=dt)
+        self.ccritic = MLPHead(3, units, 255, outscale=0.0, dtype=dt)
+        self.hl = HighLevelModel(self.stoch, self.classes, act_out, args.hl_actions, units, args.latent_unimix, dt)
+        self.opt = laprop(args.learning_rate, args.opt_eps, args.agc, args.warmup)
+        self.gamma = 1.0 - 1.0 / args.horizon  # 0.996997 for horizon 333
+        self.train_step = jax.jit(self._train_step, donate_argnums=0)
+        self.policy_step = jax.jit(self._policy_step)
+        self.openl_video = jax.jit(self._openl_video)
+        self.init = jax.jit(self._init)  # one compiled program instead of hundreds of eager ops
+
+    # ------------------------------------------------------------------------------------------------ initialisation
+    def _init(self, key) -> TrainState:
+        k = jax.random.split(key, 13)
+        obs = jnp.zeros((1, *self.obs_space.shape), jnp.uint8 if self.image else jnp.float32)
+        h, z, c = jnp.zeros((1, self.deter)), jnp.zeros((1, self.stoch, self.classes)), jnp.zeros((1, self.ctx))
+        feat = jnp.zeros((1, self.deter + self.stoch * self.classes + self.ctx))
+        cfeat = jnp.zeros((1, self.stoch * self.classes + self.ctx))  # THICK: coarse features [flat z, c]
+        params = {"enc": self.enc.init(k[0], obs)["params"]}
+        embed = self.enc.apply({"params": params["enc"]}, obs)
+        params["rssm"] = self.rssm.init(k[1], h, z, jnp.zeros((1, self.act_dim)), embed, c)["params"]
+        params["dec"] = self.dec.init(k[2], h, z)["params"]
+        for name, i in (("rew", 3), ("con", 4), ("actor", 5), ("critic", 6)):
+            params[name] = getattr(self, name).init(k[i], feat)["params"]
+        # THICK: coarse decoder, coarse reward / continue / critic, high-level model
+        params["cdec"] = self.cdec.init(k[7], c, z)["params"]
+        for name, i in (("crew", 8), ("ccon", 9), ("ccritic", 10)):
+            params[name] = getattr(self, name).init(k[i], cfeat)["params"]
+        hl_in = (cfeat, c, jnp.zeros((1, self.stoch * self.classes)), k[12])
+        params["hl"] = self.hl.init(k[11], *hl_in)["params"]
+        return TrainState(params=params, opt_state=self.opt.init(params), slow_critic=jax.tree.map(jnp.copy, params["critic"]),
+                          slow_ccritic=jax.tree.map(jnp.copy, params["ccritic"]), retnorm=jnp.zeros(2),
+                          updates=jnp.zeros((), jnp.int32))  # fmt: skip
+
+    # ------------------------------------------------------------------------------------------------ small wrappers
+    def context(self, p, z, a, c, key, noise=1.0):  # THICK: GateL0RD step, (c_t, Theta_t, Lambda_t, emb z, emb a)
+        return self.rssm.apply({"params": p["rssm"]}, z, a, c, key, noise, method=RSSM.context_step)
+
+    def core(self, p, h, ez, ea, c):
+        return self.rssm.apply({"params": p["rssm"]}, h, ez, ea, c, method=RSSM.core)
+
+    def prior(self, p, h, c):
+        return self.rssm.apply({"params": p["rssm"]}, h, c, method=RSSM.prior)
+
+    def posterior(self, p, h, c, embed):
+        return self.rssm.apply({"params": p["rssm"]}, h, c, embed, method=RSSM.posterior)
+
+    def coarse_prior(self, p, c, ez, ea):  # THICK: no h
+        return self.rssm.apply({"params": p["rssm"]}, c, ez, ea, method=RSSM.coarse_prior)
+
+    def head(self, name, p, feat):
+        return getattr(self, name).apply({"params": p}, feat)
+
+    @staticmethod
+    def feat(h, z, c):  # f = concat(h, flatten(z), c): (..., D), (..., S, K), (..., C) -> (..., F); THICK: + c
+        return jnp.concatenate([h, z.reshape(*z.shape[:-2], -1), c], -1).astype(jnp.float32)
+
+    @staticmethod
+    def cfeat(z, c):  # THICK: coarse features concat(flatten(z), c), no h: (..., S, K), (..., C) -> (..., S*K + C)
+        return jnp.concatenate([z.reshape(*z.shape[:-2], -1).astype(jnp.float32), c.astype(jnp.float32)], -1)
+
+    def policy(self, p, feat):
+        return actor_dist(self.head("actor", p["actor"], feat), self.discrete, self.args.actor_unimix)
+
+    # ------------------------------------------------------------------------------------------------ acting
+    def initial_carry(self, n: int):
+        return (jnp.zeros((n, self.deter)), jnp.zeros((n, self.stoch, self.classes)), jnp.zeros((n, self.ctx)),
+                jnp.zeros((n, self.act_dim)))  # fmt: skip
+
+    def _policy_step(self, params, carry, obs, is_first, key, noise=1.0):
+        """One env step for n envs: encode -> RSSM observe step (sampled posterior) -> sampled action.
+        THICK: also returns whether any context gate opened (n,), for the acting change rate."""
+        h, z, c, a = carry  # (n, D), (n, S, K), (n, C), (n, A): the previous step's posterior, context and action
+        keep = 1.0 - is_first.astype(jnp.float32)  # at is_first the previous state and action are zeroed
+        h, z, c, a = h * keep[:, None], z * keep[:, None, None], c * keep[:, None], a * keep[:, None]
+        k1, k2, k3 = jax.random.split(key, 3)
+        c, theta, _, ez, ea = self.context(params, z, a, c, k3, noise)  # THICK: context before the GRU
+        h = self.core(params, h, ez, ea, c)  # (n, D)
+        z = sample_onehot(k1, self.posterior(params, h, c, self.enc.apply({"params": params["enc"]}, obs)))  # (n, S, K)
+        sample, _, _ = self.policy(params, self.feat(h, z, c))
+        action = sample(k2)  # (n, A): one-hot or continuous
+        latents = (h.astype(jnp.float16), jnp.argmax(z, -1).astype(jnp.uint8), c)  # stored in replay as context
+        return action, (h, z, c, action), latents, jnp.any(theta > 0, -1)
+
+    # ------------------------------------------------------------------------------------------------ observe / imagine
+    def observe(self, p, h, z, c, embed, prev_action, is_first, key):
+        """Posterior filtering over the batch, a lax.scan over time.
+        h (B, D), z (B, S, K), c (B, C), embed (B, T, E), prev_action (B, T, A), is_first (B, T) -> h, z, post per step
+        and (THICK) a dict with the context c, the gates Theta and Lambda (B, T, C) and the embeddings of z_{t-1}, a_{t-1}."""
+
+        def observe_step(carry, inp):
+            h, z, c = carry
+            e, a, first, k = inp
+            keep = 1.0 - first.astype(jnp.float32)
+            h, z, c, a = h * keep[:, None], z * keep[:, None, None], c * keep[:, None], a * keep[:, None]  # reset
+            k1, k2 = jax.random.split(k)
+            c, theta, lam, ez, ea = self.context(p, z, a, c, k2)  # THICK: c_t from (z_{t-1}, a_{t-1}, c_{t-1})
+            h = self.core(p, h, ez, ea, c)  # h_t = core(h_{t-1}, z_{t-1}, a_{t-1}, c_t)
+            post = self.posterior(p, h, c, e)  # q(z_t | h_t, c_t, e_t)
+            z = sample_onehot(k1, post)
+            return (h, z, c), (h, z, post, {"c": c, "theta": theta, "lam": lam, "ez": ez, "ea": ea})
+
+        tm = lambda x: jnp.swapaxes(x, 0, 1)  # batch-major <-> time-major
+        keys = jax.random.split(key, embed.shape[1])
+        _, (hs, zs, post, thick) = jax.lax.scan(observe_step, (h, z, c), (tm(embed), tm(prev_action), tm(is_first), keys))
+        return tm(hs), tm(zs), tm(post), jax.tree.map(tm, thick)  # (B, T, D), (B, T, S, K), (B, T, S, K), dict
+
+    def imagine(self, p, h, z, c, key):
+        """Roll the prior forward H steps with the actor from N start states (all inputs and params stop-gradient).
+        Returns states 0..H: h (N, H+1, D), z (N, H+1, S, K), c (N, H+1, C), the actions taken at states 0..H-1 (N, H, A)
+        and (THICK) coarse-prior samples z_c (N, H+1, S, K) (the start state's is its posterior sample)."""
+
+        def imagine_step(carry, k):
+            h, z, c = carry
+            k1, k2, k3, k4 = jax.random.split(k, 4)
+            sample, _, _ = self.policy(p, self.feat(h, z, c))
+            a = sample(k1)  # a_k ~ pi(. | s_k)
+            c_next, _, _, ez, ea = self.context(p, z, a, c, k3)  # THICK: gate noise on, as in training
+            h_next = self.core(p, h, ez, ea, c_next)
+            z_next = sample_onehot(k2, self.prior(p, h_next, c_next))  # z_{k+1} ~ p(. | h_{k+1}, c_{k+1})
+            zc_next = sample_onehot(k4, self.coarse_prior(p, c_next, ez, ea))  # THICK: z_c ~ p_c(. | c_{k+1}, z_k, a_k)
+            return (h_next, z_next, c_next), (h, z, c, a, zc_next)
+
+        (h_last, z_last, c_last), (hs, zs, cs, acts, zcs) = jax.lax.scan(
+            imagine_step, (h, z, c), jax.random.split(key, self.args.imag_horizon)
+        )
+        hs = jnp.concatenate([hs, h_last[None]], 0)  # (H+1, N, D)
+        zs = jnp.concatenate([zs, z_last[None]], 0)
+        cs = jnp.concatenate([cs, c_last[None]], 0)
+        zcs = jnp.concatenate([z[None], zcs], 0)
+        sw = lambda x: jnp.swapaxes(x, 0, 1)
+        return sw(hs), sw(zs), sw(cs), sw(acts), sw(zcs)
+
+    # ------------------------------------------------------------------------------------------------ THICK: HL step
+    def hl_step(self, p, z, c, key):
+        """ALGO LOGIC: THICK: one high-level step from (z_t, c_t) (thick spec 2.4, 3.2), inputs (..., S, K), (..., C):
+        A ~ prior, z_{tau-1} ~ state head, a_{tau-1} ~ action head, Delta = clip(time head, 0, T-1), R = reward head mean;
+        then one coarse C-RSSM step: c_tau = gate(c_t; z_{tau-1}, a_{tau-1}) (c is constant until tau - 1) and
+        z_c ~ p_c(. | c_tau, z_{tau-1}, a_{tau-1}). Returns a dict with c_tau, zc, delta, R, z_pre, a_pre, prior log-probs."""
+        k = jax.random.split(key, 5)
+        hl = lambda *x, method: self.hl.apply({"params": p["hl"]}, *x, method=method)
+        u = self.cfeat(z, c)
+        lp = hl(u, method=HighLevelModel.prior_logp)
+        A = jax.nn.one_hot(jax.random.categorical(k[0], lp, -1), self.args.hl_actions)
+        out = hl(u, A, method=HighLevelModel.heads)
+        z_pre = jax.nn.one_hot(jax.random.categorical(k[1], out["z"], -1), self.classes)  # (..., S, K)
+        a_pre = actor_dist(out["a"], self.discrete, 0.0)[0](k[2])
+        c_tau, zc = self.coarse_jump(p, z_pre, a_pre, c, k[3], k[4])
+        delta = jnp.clip(out["delta"], 0.0, self.args.batch_length - 1)
+        R = twohot_mean(out["R"], bins())
+        return {"c_tau": c_tau, "zc": zc, "delta": delta, "R": R, "z_pre": z_pre, "a_pre": a_pre, "prior": lp}
+
+    def coarse_jump(self, p, z_pre, a_pre, c, gate_key, sample_key):
+        """THICK: the coarse C-RSSM step of the high level: c_tau = gate(c; z_{tau-1}, a_{tau-1}) with the same gate (and
+        noise) as the C-RSSM, and z_c ~ p_c(. | c_tau, z_{tau-1}, a_{tau-1})."""
+        c_tau, _, _, ez, ea = self.context(p, z_pre, a_pre, c, gate_key)
+        return c_tau, sample_onehot(sample_key, self.coarse_prior(p, c_tau, ez, ea))
+
+    def hl_loss(self, p_hl, tg, z, c, key):
+        """ALGO LOGIC: THICK: masked high-level loss (thick spec 2.2, 2.3), averaged over all (b, t); inputs stop-gradient.
+        tg: extract_targets output; z (B, T, S, K) posterior samples; c (B, T, C). Returns (total, terms, stats)."""
+        u = sg(self.cfeat(z, c))
+        out, lp, lq = self.hl.apply({"params": p_hl}, u, sg(tg["c_next"]), sg(tg["z_prev"]), key)
+        m = sg(tg["mask"])
+        lp1, lq1 = lp[..., None, :], lq[..., None, :]  # one categorical each
+        kl_a = 0.8 * categorical_kl(sg(lq1), lp1) + 0.2 * categorical_kl(lq1, sg(lp1))
+        raw = {"hl_z": categorical_kl(sg(tg["z"]), out["z"]),  # KL[target || prediction], summed over latents
+               "hl_a": -actor_dist(out["a"], self.discrete, 0.0)[1](sg(tg["a"])),  # NLL of a_{tau-1}
+               "hl_delta": (out["delta"] - sg(tg["delta"])) ** 2,  # MSE (THIX)
+               "hl_R": twohot_loss(out["R"], sg(tg["R"]), bins()),  # symexp two-hot (THIX)
+               "hl_A_kl": kl_a}  # balanced KL, alpha = 0.8 ([O]): the posterior gets 0.2 of the gradient  # fmt: skip
+        terms = {k: self.args.hl_scale * jnp.mean(m * v) for k, v in raw.items()}  # zero (and finite) for an empty mask
+        msum = jnp.maximum(m.sum(), 1.0)
+        stats = {"thick/hl_prior_entropy": categorical_entropy(lp).mean(),
+                 "thick/hl_post_entropy": categorical_entropy(lq).mean(),
+                 "thick/hl_action_acc": jnp.sum(m * (jnp.argmax(out["a"], -1) == jnp.argmax(tg["a"], -1))) / msum,
+                 "thick/hl_delta_abs_err": jnp.sum(m * jnp.abs(out["delta"] - tg["delta"])) / msum}  # fmt: skip
+        return sum(terms.values()), terms, stats
+
+    # ------------------------------------------------------------------------------------------------ losses
+    def loss(self, params, slow_critic, slow_ccritic, retnorm, batch, key):
+        """The single scalar loss of spec 2.8 and its parts. batch: arrays (B, T+1, ...) with step 0 as context."""
+        args, b = self.args, bins()
+        k_obs, k_img, k_hl, k_hls = jax.random.split(key, 4)
+        obs, reward = batch["obs"][:, 1:], batch["reward"][:, 1:]  # (B, T, ...), (B, T)
+        is_first, is_last, is_terminal = batch["is_first"][:, 1:], batch["is_last"][:, 1:], batch["is_terminal"][:, 1:]
+        bsz, tlen = reward.shape
+
+        # ALGO LOGIC: world model (spec 2.1)
+        embed = self.enc.apply({"params": params["enc"]}, obs)  # (B, T, E)
+        if args.replay_context:  # start from the posterior the actor (or the last update) stored for step 0
+            h0 = batch["deter"][:, 0].astype(jnp.float32)
+            z0 = jax.nn.one_hot(batch["stoch"][:, 0], self.classes)
+            c0 = batch["context"][:, 0].astype(jnp.float32)  # THICK: stored context as the carry
+        else:  # 2023 behaviour: every window starts from zeros
+            h0, z0 = jnp.zeros((bsz, self.deter)), jnp.zeros((bsz, self.stoch, self.classes))
+            c0 = jnp.zeros((bsz, self.ctx))
+            is_first = is_first.at[:, 0].set(True)
+        h, z, post, thick = self.observe(params, h0, z0, c0, embed, batch["action"][:, :-1], is_first, k_obs)
+        c = thick["c"]  # (B, T, C)
+        prior = self.prior(params, h, c)  # (B, T, S, K), batched outside the scan: it depends on h and c only
+        feat = self.feat(h, z, c)  # (B, T, F)
+        recon = self.dec.apply({"params": params["dec"]}, h, z)
+        if self.image:  # L_img = sum over pixels of (dec - o/255)^2
+            loss_rec = jnp.sum((recon - obs.astype(jnp.float32) / 255.0) ** 2, (-3, -2, -1))
+        else:  # L_vec = sum over dims of (dec - symlog(x))^2
+            loss_rec = jnp.sum((recon - symlog(obs.astype(jnp.float32))) ** 2, -1)
+        loss_rew = twohot_loss(self.head("rew", params["rew"], feat), reward, b)  # CE(twohot(r_t), rew(f_t))
+        con_target = (1.0 - is_terminal.astype(jnp.float32)) * self.gamma  # "contdisc": (1 - term) * gamma
+        loss_con = optax.sigmoid_binary_cross_entropy(self.head("con", params["con"], feat)[..., 0], con_target)
+        kl_dyn = categorical_kl(sg(post), prior)  # KL[sg(q) || p], summed over latents
+        kl_rep = categorical_kl(post, sg(prior))  # KL[q || sg(p)]
+        loss_dyn = jnp.maximum(args.free_nats, kl_dyn)  # free nats: no gradient while KL < 1
+        loss_rep = jnp.maximum(args.free_nats, kl_rep)
+
+        # ALGO LOGIC: THICK: coarse prior, coarse heads on (posterior z, c) without h, sparsity loss (thick spec 1.2, 1.3)
+        cprior = self.coarse_prior(params, c, thick["ez"], thick["ea"])  # (B, T, S, K)
+        cfeat = self.cfeat(z, c)
+        crecon = self.cdec.apply({"params": params["cdec"]}, c, z)
+        if self.image:
+            loss_crec = jnp.sum((crecon - obs.astype(jnp.float32) / 255.0) ** 2, (-3, -2, -1))
+        else:
+            loss_crec = jnp.sum((crecon - symlog(obs.astype(jnp.float32))) ** 2, -1)
+        loss_crew = twohot_loss(self.head("crew", params["crew"], cfeat), reward, b)
+        loss_ccon = optax.sigmoid_binary_cross_entropy(self.head("ccon", params["ccon"], cfeat)[..., 0], con_target)
+        ckl_dyn, ckl_rep = categorical_kl(sg(post), cprior), categorical_kl(post, sg(cprior))
+        theta = thick["theta"]  # (B, T, C) straight-through gate openings
+        if not args.replay_context:  # a window that starts from zeros re-loads c at t = 0: not a change (thick spec 1.4)
+            theta = theta.at[:, 0].set(0.0)
+        loss_sparse = sparse_loss(theta, args.sparse_free)
+
+        # ALGO LOGIC: THICK: high-level targets (reverse scan) and loss, stop-gradient inputs (thick spec 2)
+        changed = jnp.any(theta > 0, -1)  # g_t = any_i Theta_{t,i}  (B, T)
+        ev = changed | is_terminal.astype(bool)
+        act = batch["action"][:, 1:]  # a_t, chosen after o_t
+        tg = extract_targets(sg(ev), is_first, sg(post), sg(z.reshape(bsz, tlen, -1)), sg(c), act, reward, self.gamma)
+        loss_hl, hl_terms, hl_stats = self.hl_loss(params["hl"], tg, z, c, k_hl)
+        msum = tg["mask"].sum()
+
+        # ALGO LOGIC: imagination from every posterior state (spec 2.2); nothing here trains the world model
+        p_sg, n = sg(params), bsz * tlen
+        ih, iz, ic, iact, izc = self.imagine(p_sg, sg(h).reshape(n, -1), sg(z).reshape(n, self.stoch, self.classes),
+                                             sg(c).reshape(n, -1), k_img)  # fmt: skip
+        ifeat = self.feat(ih, iz, ic)  # (N, H+1, F)
+        irew = twohot_mean(self.head("rew", p_sg["rew"], ifeat), b)  # (N, H+1) expected reward of entering s_k
+        icon = jax.nn.sigmoid(self.head("con", p_sg["con"], ifeat)[..., 0])  # (N, H+1) continue prob. (incl. gamma)
+        v_logits = self.head("critic", params["critic"], ifeat)  # (N, H+1, 255)
+        v = twohot_mean(v_logits, b)
+        slow_v = twohot_mean(self.head("critic", slow_critic, ifeat), b)
+        ret = lambda_return(irew, icon, args.lam * jnp.ones_like(icon), sg(v))  # (N, H): bootstrap = online critic
+        weight = sg(jnp.cumprod(icon, 1))  # w_k = prod_{j<=k} c_j, including the start state
+        retnorm, scale = percentile_update(retnorm, sg(ret))  # S = max(1, P95 - P5) (EMA)
+
+        # ALGO LOGIC: THICK: one high-level step per imagined state k = 0..H-1 and the long-horizon value (thick spec 3.2)
+        #   V_long = R_hat + gamma^Delta_hat * con_c(c_tau, z_c) * v_c(z_c, c_tau);  target = psi ret + (1 - psi) sg(V_long)
+        hls = self.hl_step(p_sg, iz[:, :-1], ic[:, :-1], k_hls)  # (N, H, ...)
+        tau_feat = self.cfeat(hls["zc"], hls["c_tau"])
+        con_c = jax.nn.sigmoid(self.head("ccon", p_sg["ccon"], tau_feat)[..., 0])  # ~ gamma * cont at tau
+        v_c_tau = twohot_mean(self.head("ccritic", p_sg["ccritic"], tau_feat), b)  # online coarse critic (slowtar off)
+        v_long = sg(long_value(hls["R"], hls["delta"], con_c, v_c_tau, self.gamma))  # (N, H)
+        target, fallback = mixed_target(ret, v_long, args.psi, msum)  # (N, H); psi = 1 if the batch has no events
+
+        # ALGO LOGIC: actor, REINFORCE for discrete and continuous actions (spec 2.5); THICK: on the pure lambda-return
+        _, logp, entropy = self.policy(params, ifeat[:, :-1])
+        adv = (ret - v[:, :-1]) / scale  # A_k = (R_k - v_k) / S
+        loss_actor = weight[:, :-1] * -(logp(sg(iact)) * sg(adv) + args.actor_entropy * entropy)
+
+        # ALGO LOGIC: critic on imagination (spec 2.6), two-hot CE toward sg(target) plus the slow-critic regulariser
+        # THICK: target = the mixed target; the coarse critic v_c(z_c, c) regresses the same target on the imagined states
+        loss_critic = weight[:, :-1] * (twohot_loss(v_logits[:, :-1], sg(target), b)
+                                        + args.slowreg * twohot_loss(v_logits[:, :-1], sg(slow_v[:, :-1]), b))  # fmt: skip
+        icfeat = self.cfeat(izc[:, :-1], ic[:, :-1])  # (N, H, S*K + C)
+        cv_logits = self.head("ccritic", params["ccritic"], icfeat)
+        slow_cv = twohot_mean(self.head("ccritic", slow_ccritic, icfeat), b)
+        loss_ccritic = weight[:, :-1] * (twohot_loss(cv_logits, sg(target), b)
+                                         + args.slowreg * twohot_loss(cv_logits, sg(slow_cv), b))  # fmt: skip
+
+        # ALGO LOGIC: replay critic loss (spec 2.7): lambda-returns on the data, bootstrapped with the imagined R_0;
+        # the replay features are NOT stop-gradient, so this loss also trains encoder and RSSM
+        boot = sg(ret[:, 0]).reshape(bsz, tlen)
+        last, term = is_last.astype(jnp.float32), is_terminal.astype(jnp.float32)
+        rret = lambda_return(reward, self.gamma * (1 - term), args.lam * (1 - last), boot)  # (B, T-1)
+        rv_logits = self.head("critic", params["critic"], feat)[:, :-1]  # (B, T-1, 255)
+        rslow = twohot_mean(self.head("critic", slow_critic, sg(feat)), b)[:, :-1]
+        loss_repval = (1 - last[:, :-1]) * (
+            twohot_loss(rv_logits, sg(rret), b) + args.slowreg * twohot_loss(rv_logits, sg(rslow), b)
+        )
+
+        terms = {  # every term already scaled as it enters the total
+            "wm_recon": loss_rec.mean(), "wm_reward": loss_rew.mean(), "wm_cont": loss_con.mean(),
+            "wm_kl_dyn": args.dyn_scale * loss_dyn.mean(), "wm_kl_rep": args.rep_scale * loss_rep.mean(),
+            "actor": loss_actor.mean(), "critic": loss_critic.mean(), "repval": args.repval_scale * loss_repval.mean(),
+            # THICK: coarse losses (scales: dec 2, reward 1, cont 1, dyn 1, rep 0.1), sparsity, high level, coarse critic
+            "wm_coarse_recon": args.coarse_dec_scale * loss_crec.mean(), "wm_coarse_reward": loss_crew.mean(),
+            "wm_coarse_cont": loss_ccon.mean(), "wm_coarse_kl_dyn": jnp.maximum(args.free_nats, ckl_dyn).mean(),
+            "wm_coarse_kl_rep": args.coarse_rep_scale * jnp.maximum(args.free_nats, ckl_rep).mean(),
+            "wm_sparse": args.sparse_scale * loss_sparse, "coarse_critic": loss_ccritic.mean(), **hl_terms,
+        }  # fmt: skip
+        total = sum(terms.values())
+        metrics = {f"losses/{k}": v for k, v in terms.items()} | {
+            "losses/total": total, "losses/entropy": entropy.mean(), "losses/kl_dyn_raw": kl_dyn.mean(),
+            "stats/ret_mean": ret.mean(), "stats/ret_scale": scale, "stats/ret_lo": retnorm[0], "stats/ret_hi": retnorm[1],
+            "stats/adv_mag": jnp.abs(adv).mean(), "stats/value_mean": v.mean(), "stats/imag_reward": irew.mean(),
+            "stats/imag_cont": icon.mean(), "stats/prior_entropy": categorical_entropy(prior).sum(-1).mean(),
+            "stats/post_entropy": categorical_entropy(post).sum(-1).mean(), "stats/repval_ret": rret.mean(),
+        }  # fmt: skip
+        # THICK: diagnostics (thick spec 7): change rate, per-dim open rate, mean Lambda when open, HL targets, V_long
+        open_ = (theta > 0).astype(jnp.float32)
+        metrics |= hl_stats | {
+            "thick/change_rate": changed.mean(), "thick/gate_activity": open_.mean(), "thick/sparse_raw": loss_sparse,
+            "thick/lambda_when_open": jnp.sum(thick["lam"] * open_) / jnp.maximum(open_.sum(), 1.0),
+            "thick/hl_valid_frac": tg["mask"].mean(),
+            "thick/hl_delta_target": jnp.sum(tg["mask"] * tg["delta"]) / jnp.maximum(msum, 1.0),
+            "thick/hl_prior_entropy_imag": categorical_entropy(hls["prior"]).mean(),
+            "thick/hl_delta_pred": hls["delta"].mean(),
+            "thick/v_long_mean": v_long.mean(), "thick/v_long_std": v_long.std(),
+            "thick/ret_minus_v_long": (ret - v_long).mean(),
+            "thick/target_mean": target.mean(), "thick/coarse_value_mean": twohot_mean(cv_logits, b).mean(),
+            "thick/fallback": fallback.astype(jnp.float32), "thick/coarse_kl_dyn_raw": ckl_dyn.mean(),
+            "thick/context_abs": jnp.abs(c).mean(),
+        }  # fmt: skip
+        metrics |= {f"thick/open_rate/{i}": open_[..., i].mean() for i in range(self.ctx)}  # per-dim open rate
+        latents = (h.astype(jnp.float16), jnp.argmax(z, -1).astype(jnp.uint8), c)  # refreshed replay context
+        return total, (terms, metrics, retnorm, latents)
+
+    # ------------------------------------------------------------------------------------------------ train step
+    def _train_step(self, state: TrainState, batch, key):
+        """One update: loss and gradients, LaProp step, slow-critic EMA. A non-finite update is skipped (the state is
+        kept) and reported through metrics['finite'] so the host can stop with a checkpoint."""
+        grad_fn = jax.value_and_grad(self.loss, has_aux=True)
+        (total, (terms, metrics, retnorm, latents)), grads = grad_fn(
+            state.params, state.slow_critic, state.slow_ccritic, state.retnorm, batch, key
+        )
+        updates, opt_state = self.opt.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        mix = self.args.slow_critic_mix  # theta_slow <- mix * theta + (1 - mix) * theta_slow
+        slow = jax.tree.map(lambda s, q: (1 - mix) * s + mix * q, state.slow_critic, params["critic"])
+        slow_c = jax.tree.map(lambda s, q: (1 - mix) * s + mix * q, state.slow_ccritic, params["ccritic"])  # THICK
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
+        new = TrainState(params=params, opt_state=opt_state, slow_critic=slow, slow_ccritic=slow_c, retnorm=retnorm,
+                         updates=state.updates + 1)  # fmt: skip
+        new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+        metrics |= {f"finite/{k}": jnp.isfinite(v) for k, v in terms.items()}
+        metrics |= {
+            "finite": finite,
+            "opt/grad_norm": grad_norm,
+            "opt/update_rms": _rms(updates),
+            "opt/param_rms": _rms(params),
+        }
+        return new, metrics, latents
+
+    # ------------------------------------------------------------------------------------------------ open-loop video
+    def _openl_video(self, params, batch, key, context: int = 5):
+        """Observe `context` steps, then predict the rest open-loop with the data's actions: [truth | model | error].
+        THICK: a 4th panel shows the coarse decoder's prediction from (c, z) without h."""
+        obs = batch["obs"][:4, 1:]  # (4, T, H, W, C)
+        first = batch["is_first"][:4, 1:].at[:, 0].set(True)
+        embed = self.enc.apply({"params": params["enc"]}, obs[:, :context])
+        n = obs.shape[0]
+        zeros = jnp.zeros((n, self.deter)), jnp.zeros((n, self.stoch, self.classes)), jnp.zeros((n, self.ctx))
+        k1, k2 = jax.random.split(key)
+        h, z, _, thick = self.observe(params, *zeros, embed, batch["action"][:4, :context], first[:, :context], k1)
+
+        def open_step(carry, inp):
+            hh, zz, cc = carry
+            a, k = inp
+            ka, kb = jax.random.split(k)
+            cc, _, _, ez, ea = self.context(params, zz, a, cc, kb)
+            hh = self.core(params, hh, ez, ea, cc)
+            zz = sample_onehot(ka, self.prior(params, hh, cc))
+            return (hh, zz, cc), (hh, zz, cc)
+
+        acts = jnp.swapaxes(batch["action"][:4, context : obs.shape[1]], 0, 1)
+        init = (h[:, -1], z[:, -1], thick["c"][:, -1])
+        _, (oh, oz, oc) = jax.lax.scan(open_step, init, (acts, jax.random.split(k2, acts.shape[0])))
+        h = jnp.concatenate([h, jnp.swapaxes(oh, 0, 1)], 1)
+        z = jnp.concatenate([z, jnp.swapaxes(oz, 0, 1)], 1)
+        c = jnp.concatenate([thick["c"], jnp.swapaxes(oc, 0, 1)], 1)
+        model = self.dec.apply({"params": params["dec"]}, h, z)
+        coarse = self.cdec.apply({"params": params["cdec"]}, c, z)
+        truth = obs.astype(jnp.float32) / 255.0
+        video = jnp.concatenate([truth, model, (model - truth + 1) / 2, coarse], 3)  # side by side along the width
+        return (jnp.clip(video, 0, 1) * 255).astype(jnp.uint8)  # (4, T, H, 4W, C)
+
+
+def _rms(tree):
+    leaves = jax.tree.leaves(tree)
+    return jnp.sqrt(sum(jnp.sum(x.astype(jnp.float32) ** 2) for x in leaves) / sum(x.size for x in leaves))
+
+
+def count_params(tree) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+# ======================================================================================================================
+# 8. Checkpoints (msgpack, written atomically) and evaluation
+# ======================================================================================================================
+
+FORMAT = "cleanwm-thick_dreamer_jax-1"
+
+
+def atomic_write(path: str, data: bytes):
+    """Write to a temporary file in the same directory, then rename: a killed run never leaves a half-written file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_file(path: str, args: Args, payload: dict):
+    payload = {"format": FORMAT, "args": json.dumps(vars(args)), **payload}
+    atomic_write(path, flax.serialization.msgpack_serialize(jax.device_get(payload)))
+
+
+def load_file(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise UsageError(f"checkpoint not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            data = flax.serialization.msgpack_restore(f.read())
+        assert isinstance(data, dict) and data.get("format") == FORMAT
+        data["args"] = json.loads(data["args"])
+    except Exception:
+        raise UsageError(f"cannot read {path}: corrupt file or not a {FORMAT} checkpoint") from None
+    return data
+
+
+def restore_tree(template, saved, path: str, what: str):
+    """Put saved arrays into the structure of `template`, checking every shape; a mismatch is a one-line error."""
+    try:
+        tree = flax.serialization.from_state_dict(template, saved)
+        shapes_ok = jax.tree.all(jax.tree.map(lambda a, b: np.shape(a) == np.shape(b), template, tree))
+    except Exception:
+        shapes_ok = False
+    if not shapes_ok:
+        raise UsageError(f"{path}: the saved {what} does not match this model (different spaces or sizes?)")
+    return jax.tree.map(jnp.asarray, tree)
+
+
+def config_diff(saved: dict, args: Args) -> list:
+    return [f"{k}={saved.get(k)!r} (now {v!r})" for k, v in vars(args).items() if k not in RESUME_FREE and saved.get(k) != v]
+
+
+def run_episodes(agent: Agent, params, envs, episodes: int, seed: int, noise: float = 1.0):
+    """Run the (sampling) policy until `episodes` episodes have finished; returns their stats from common.episode_stats.
+    THICK: noise scales the gate noise (0 turns it off)."""
+    key = jax.random.PRNGKey(seed)
+    obs, _ = envs.reset(seed=seed)
+    flags = common.EpisodeFlags(envs.num_envs)
+    is_first, carry, done = flags.reset(), agent.initial_carry(envs.num_envs), []
+    while len(done) < episodes:
+        key, k = jax.random.split(key)
+        action, carry, _, _ = agent.policy_step(params, carry, obs, is_first, k, noise)
+        obs, _, term, trunc, infos = envs.step(to_env_action(agent, np.asarray(action)))
+        is_first, _, _ = flags.step(term, trunc)
+        done += common.episode_stats(infos)
+    return done[:episodes]
+
+
+def evaluate(model_path: str, make_env, env_id: str, eval_episodes: int, run_name: str, Model=None,
+             capture_video: bool = False, seed: int = 1, gate_noise: Optional[bool] = None):  # fmt: skip
+    """CleanRL's evaluation signature: load a saved model (or checkpoint), run episodes, return the episodic returns.
+    THICK: gate_noise (default: the saved --eval-gate-noise) keeps the context gate noise on during evaluation."""
+    saved = load_file(model_path)
+    args = Args(**{k: v for k, v in saved["args"].items() if k in {f.name for f in dataclasses.fields(Args)}})
+    envs = gym.vector.SyncVectorEnv([make_env(env_id, seed, 0, capture_video, run_name)])
+    agent = (Model or Agent)(args, envs.single_observation_space, envs.single_action_space)
+    template = agent.init(jax.random.PRNGKey(0)).params
+    params = restore_tree(template, saved["params"] if "params" in saved else saved["state"]["params"], model_path, "params")
+    noise = float(args.eval_gate_noise if gate_noise is None else gate_noise)
+    episodes = run_episodes(agent, params, envs, eval_episodes, seed, noise)
+    envs.close()
+    returns = [e["r"] for e in episodes]
+    print(f"eval: {len(returns)} episodes, return {np.mean(returns):.2f} +- {np.std(returns):.2f}")
+    achievements = [e["achievements"] for e in episodes if e["achievements"] is not None]
+    if achievements:
+        print(f"eval: crafter score {common.crafter_score(common.crafter_success_rates(achievements)):.2f} %")
+    return returns
+
+
+def change_strip(frames) -> np.ndarray:
+    """THICK: frames [(obs (H, W, 3) uint8, changed)] -> one image (H + 4, n * W, 3) with a green (context changed) or red
+    (unchanged) bar under each frame."""
+    tiles = []
+    for img, changed in frames:
+        bar = np.zeros((4, img.shape[1], 3), np.uint8)
+        bar[..., 1 if changed else 0] = 255
+        tiles.append(np.concatenate([img[..., :3], bar], 0))
+    return np.concatenate(tiles, 1)
+
+
+def to_env_action(agent: Agent, action: np.ndarray):
+    """Agent action (one-hot or in [-1, 1]) -> env action (index or rescaled to the Box bounds)."""
+    if agent.discrete:
+        return action.argmax(-1)
+    low, high = agent.act_space.low, agent.act_space.high
+    action = np.clip(action, -1.0, 1.0)
+    if np.all(np.isfinite(low)) and np.all(np.isfinite(high)):
+        action = low + (action + 1.0) / 2.0 * (high - low)
+    return action.astype(agent.act_space.dtype)
+
+
+# ======================================================================================================================
+# 9. Main loop (CleanRL skeleton): act in the envs, store steps, train at the train ratio, log, checkpoint
+# ======================================================================================================================
+
+
+def main(args: Args):
+    args = check_args(args)
+    saved = load_file(args.resume) if args.resume else None
+    if args.evaluate:
+        evaluate(args.evaluate, common.make_env, args.env_id, args.eval_episodes, "eval", seed=args.seed,
+                 gate_noise=args.eval_gate_noise)  # fmt: skip
+        return
+    if saved is not None:
+        diff = config_diff(saved["args"], args)
+        if diff:
+            raise UsageError(f"{args.resume} was written with another config: {', '.join(diff)}")
+    run_name = saved["run_name"] if saved else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
+                   name=run_name, monitor_gym=True, save_code=True)  # fmt: skip
+    from torch.utils.tensorboard import SummaryWriter  # torch's writer, as in CleanRL's JAX scripts
+
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    key = jax.random.PRNGKey(args.seed)
+    device = jax.devices()[0]
+    print(f"device: {device.platform} ({device.device_kind})")
+    if device.platform == "cpu":
+        print("WARNING: JAX runs on the CPU. This is for debugging and tests; training from images needs a GPU.")
+
+    # env setup
+    envs = common.make_vector_env(args.env_id, args.num_envs, args.seed, args.capture_video, run_name)
+    assert isinstance(envs.single_action_space, (gym.spaces.Discrete, gym.spaces.Box)), "unsupported action space"
+    agent = Agent(args, envs.single_observation_space, envs.single_action_space)
+    key, init_key = jax.random.split(key)
+    state = agent.init(init_key)
+    print(f"model {args.model_size}: {count_params(state.params):,} parameters in the optimizer")
+    capacity = min(args.buffer_size, args.total_timesteps + args.num_envs) // args.num_envs
+    replay = Replay(capacity, args.num_envs, args.batch_length + 1, envs.single_observation_space, agent.act_dim,
+                    agent.deter, agent.stoch, args.seed, agent.ctx)  # fmt: skip
+    global_step, sched_prev, episodes_ach = 0, None, []  # sched_prev: train-ratio scheduler position
+    if saved is not None:
+        fields = ("params", "opt_state", "slow_critic", "slow_ccritic", "retnorm", "updates")
+        state = state.replace(**{k: restore_tree(getattr(state, k), saved["state"][k], args.resume, k) for k in fields})
+        global_step, key = int(saved["global_step"]), jnp.asarray(saved["key"], jnp.uint32)
+        sched_prev = None if saved["sched_prev"] < 0 else float(saved["sched_prev"])
+        episodes_ach = json.loads(saved["episodes_ach"])
+        if os.path.isfile(args.resume + ".replay.npz"):
+            with np.load(args.resume + ".replay.npz") as f:
+                replay.load_state_dict({"data": {k[5:]: f[k] for k in f.files if k.startswith("data_")},
+                                        "pos": f["pos"], "count": f["count"], "queue": f["queue"]})  # fmt: skip
+        print(f"resumed from {args.resume} at global_step={global_step}, updates={int(state.updates)}, replay={len(replay)}")
+    ckpt_path = f"runs/{run_name}/checkpoint.ckpt"
+
+    def save_checkpoint():
+        os.makedirs(f"runs/{run_name}", exist_ok=True)
+        if args.checkpoint_replay:  # replay first: the checkpoint that names it is written last
+            rs = replay.state_dict()
+            tmp = ckpt_path + f".replay.tmp{os.getpid()}.npz"
+            np.savez(
+                tmp, pos=rs["pos"], count=rs["count"], queue=rs["queue"], **{f"data_{k}": v for k, v in rs["data"].items()}
+            )
+            os.replace(tmp, ckpt_path + ".replay.npz")
+        save_file(ckpt_path, args, {"run_name": run_name, "state": flax.serialization.to_state_dict(state),
+                                    "global_step": global_step, "key": key, "episodes_ach": json.dumps(episodes_ach),
+                                    "sched_prev": -1.0 if sched_prev is None else sched_prev})  # fmt: skip
+        return ckpt_path
+
+    # TRY NOT TO MODIFY: start the game
+    start_time, start_step, start_updates = time.time(), global_step, int(state.updates)
+    obs, _ = envs.reset(seed=args.seed)
+    flags = common.EpisodeFlags(args.num_envs)
+    is_first = flags.reset()
+    is_last = is_terminal = np.zeros(args.num_envs, bool)
+    reward = np.zeros(args.num_envs, np.float32)
+    carry = agent.initial_carry(args.num_envs)
+    ratio = args.train_ratio / (args.batch_size * args.batch_length)  # updates per policy step
+    metrics, last_log, last_video, pending = {}, global_step, int(state.updates), None
+    # THICK: acting change rate (per log window and per episode), fallback counter, strip of env 0's recent frames
+    act_changes, act_steps, fallbacks = 0, 0, 0
+    ep_changes, ep_steps = np.zeros(args.num_envs), np.zeros(args.num_envs)
+    strip = deque(maxlen=32)
+    while global_step < args.total_timesteps:
+        # ALGO LOGIC: act with the sampled posterior and the sampled action
+        key, k = jax.random.split(key)
+        action, carry, (deter, stoch, context), changed = agent.policy_step(state.params, carry, obs, is_first, k)
+        action, changed = np.asarray(action), np.asarray(changed)
+        # ALGO LOGIC: THICK: acting change statistics
+        act_changes, act_steps = act_changes + int(changed.sum()), act_steps + args.num_envs
+        ep_changes, ep_steps = ep_changes + changed, ep_steps + 1
+        for i in np.flatnonzero(is_last):  # the episode of env i ends with this observation
+            writer.add_scalar("thick/episode_change_rate", ep_changes[i] / ep_steps[i], global_step)
+            ep_changes[i], ep_steps[i] = 0, 0
+        if agent.image:
+            strip.append((obs[0], bool(changed[0])))
+        if not np.all(np.isfinite(action)):
+            path = save_checkpoint()
+            raise FloatingPointError(f"non-finite action at global_step={global_step}; checkpoint written to {path}")
+        stored_action = action * (~is_last)[:, None]  # the action stored with a last step is zeroed
+        replay.add({"obs": obs, "action": stored_action, "reward": reward, "is_first": is_first, "is_last": is_last,
+                    "is_terminal": is_terminal, "deter": np.asarray(deter), "stoch": np.asarray(stoch),
+                    "context": np.asarray(context)})  # fmt: skip
+
+        # TRY NOT TO MODIFY: execute the game and log data.
+        obs, reward, term, trunc, infos = envs.step(to_env_action(agent, action))
+        reward = reward.astype(np.float32)
+        is_first, is_last, is_terminal = flags.step(term, trunc)
+        global_step += args.num_envs
+        for ep in common.episode_stats(infos):
+            print(f"global_step={global_step}, episodic_return={ep['r']:.2f}")
+            writer.add_scalar("charts/episodic_return", ep["r"], global_step)
+            writer.add_scalar("charts/episodic_length", ep["l"], global_step)
+            if ep["achievements"] is not None:  # Crafter: success rates over all training episodes so far
+                episodes_ach.append(ep["achievements"])
+                rates = common.crafter_success_rates(episodes_ach)
+                writer.add_scalar("charts/crafter_score", common.crafter_score(rates), global_step)
+                for name, rate in zip(common.CRAFTER_ACHIEVEMENTS, rates, strict=True):
+                    writer.add_scalar(f"achievements/{name}", rate, global_step)
+
+        # ALGO LOGIC: training at the train ratio (spec 4): replayed steps per policy step = train_ratio
+        if global_step >= args.learning_starts and replay.ready():
+            if sched_prev is None:  # the first call trains once, then the scheduler keeps the ratio
+                sched_prev = global_step - 1 / ratio
+            due = int((global_step - sched_prev) * ratio)
+            sched_prev += due / ratio
+            for _ in range(due):
+                data, env_idx, time_idx = replay.sample(args.batch_size)
+                key, k = jax.random.split(key)
+                state, metrics, latents = agent.train_step(state, data, k)
+                if pending is not None:  # write back the previous update's latents (that update has finished)
+                    replay.write_latents(*pending)
+                pending = (env_idx, time_idx[:, 1:], *latents)
+                fallbacks += int(metrics["thick/fallback"])  # THICK: batches without change events (psi = 1 used)
+                if not bool(metrics["finite"]):
+                    bad = [k[7:] for k, v in metrics.items() if k.startswith("finite/") and not bool(v)] or ["gradients"]
+                    path = save_checkpoint()
+                    raise FloatingPointError(f"non-finite loss ({', '.join(bad)}) at update {int(state.updates)}; "
+                                             f"the update was skipped and a checkpoint written to {path}")  # fmt: skip
+                if agent.image and args.video_every and int(state.updates) - last_video >= args.video_every:
+                    key, k = jax.random.split(key)
+                    video = np.asarray(agent.openl_video(state.params, data, k))  # (4, T, H, 3W, C)
+                    writer.add_video("openl/prediction", video.transpose(0, 1, 4, 2, 3), global_step, fps=10)
+                    writer.add_image("thick/context_change_strip", change_strip(strip), global_step, dataformats="HWC")
+                    last_video = int(state.updates)
+
+        # TRY NOT TO MODIFY: record rewards for plotting purposes
+        if global_step - last_log >= args.log_every or global_step >= args.total_timesteps:
+            last_log = global_step
+            updates = int(state.updates)
+            elapsed = time.time() - start_time
+            sps_float = (global_step - start_step) / elapsed
+            sps = int(sps_float)
+            for name, value in metrics.items():
+                if not name.startswith("finite"):
+                    writer.add_scalar(name, float(value), global_step)
+            writer.add_scalar("charts/SPS", sps, global_step)
+            writer.add_scalar("charts/updates", updates, global_step)
+            writer.add_scalar("charts/UPS", (updates - start_updates) / elapsed, global_step)
+            writer.add_scalar("charts/train_ratio", updates * args.batch_size * args.batch_length / global_step, global_step)
+            writer.add_scalar("charts/replay_size", len(replay), global_step)
+            writer.add_scalar("charts/learning_rate", learning_rate_at(args, updates), global_step)
+            writer.add_scalar("thick/acting_change_rate", act_changes / max(act_steps, 1), global_step)  # THICK
+            writer.add_scalar("thick/fallback_count", fallbacks, global_step)
+            act_changes, act_steps = 0, 0
+            if args.env_id.startswith("atari100k_"):
+                writer.add_scalar("charts/FPS", 4 * sps, global_step)
+            eta = (args.total_timesteps - global_step) / max(sps_float, 1e-9)
+            loss = float(metrics.get("losses/total", float("nan")))
+            change = float(metrics.get("thick/change_rate", float("nan")))  # THICK: training-batch change rate
+            print(f"step {global_step}/{args.total_timesteps} | SPS {sps_float:.1f} | updates {updates} | "
+                  f"ETA {int(eta // 3600)}h{int(eta % 3600 // 60):02d}m | loss {loss:.3f} | "
+                  f"change rate {change:.3f}")  # fmt: skip
+        if args.checkpoint_every and global_step % args.checkpoint_every < args.num_envs:
+            print(f"checkpoint written to {save_checkpoint()}")
+
+    if pending is not None:
+        replay.write_latents(*pending)
+    if strip:  # THICK: the last frames of env 0, marked green where the context changed and red where not
+        writer.add_image("thick/context_change_strip", change_strip(strip), global_step, dataformats="HWC")
+    if args.checkpoint_every:
+        save_checkpoint()
+    if args.save_model:
+        model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
+        save_file(model_path, args, {"params": flax.serialization.to_state_dict(state.params)})
+        print(f"model saved to {model_path}")
+        returns = evaluate(model_path, common.make_env, args.env_id, args.eval_episodes, f"{run_name}-eval",
+                           capture_video=args.capture_video, seed=args.seed)  # fmt: skip
+        for idx, episodic_return in enumerate(returns):
+            writer.add_scalar("eval/episodic_return", episodic_return, idx)
+    envs.close()
+    writer.close()
+
+
+if __name__ == "__main__":
+    try:
+        main(tyro.cli(Args))
+    except (UsageError, common.EnvIdError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
