@@ -190,8 +190,8 @@ class Args:
 SIZES = {
     "debug": dict(stoch=4, classes=4, deter=16, hidden=16, s5_width=16, s5_state=8, s5_init_blocks=2, s5_blocks=1,
                   cnn_depth=4, mlp_units=32, mlp_layers=1, head_units=32, head_layers=1),
-    "small": dict(stoch=16, classes=16, deter=128, hidden=128, s5_width=128, s5_state=32, s5_init_blocks=2, s5_blocks=2,
-                  cnn_depth=16, mlp_units=256, mlp_layers=2, head_units=128, head_layers=2),
+    "small": dict(stoch=8, classes=8, deter=64, hidden=64, s5_width=64, s5_state=16, s5_init_blocks=2, s5_blocks=1,
+                  cnn_depth=8, mlp_units=128, mlp_layers=2, head_units=64, head_layers=2),
     "paper": dict(stoch=32, classes=32, deter=256, hidden=256, s5_width=256, s5_state=128, s5_init_blocks=4, s5_blocks=4,
                   cnn_depth=24, mlp_units=512, mlp_layers=2, head_units=256, head_layers=2),
 }  # fmt: skip

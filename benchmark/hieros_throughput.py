@@ -50,6 +50,7 @@ def main():
     p.add_argument("--length", type=int, default=64)
     p.add_argument("--horizon", type=int, default=16)
     p.add_argument("--updates", type=int, default=3, help="timed updates per level (after 1 warm-up)")
+    p.add_argument("--policy-steps", type=int, default=256)
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default="benchmark/results/hieros_throughput.jsonl")
@@ -82,7 +83,7 @@ def main():
     zero, first = torch.zeros(1), torch.zeros(1, dtype=torch.bool)
     for _ in range(16):
         runner.step(obs, zero, first, first)
-    steps = 256
+    steps = a.policy_steps
     t0 = time.perf_counter()
     with autocast() if a.bf16 else contextlib.nullcontext():
         for _ in range(steps):
@@ -91,7 +92,7 @@ def main():
     res = dict(size=a.size, levels=a.levels, batch=a.batch, length=a.length, horizon=a.horizon, bf16=a.bf16,
                threads=torch.get_num_threads(), params_m=params / 1e6, s_per_update_level=per_level,
                s_per_train_call=amortised, policy_step_ms=policy * 1e3, peak_rss_gib=rss_gib(),
-               torch=torch.__version__, device="cpu")  # fmt: skip
+               torch=torch.__version__, device="cpu", loadavg_1min=os.getloadavg()[0], cpus=os.cpu_count())  # fmt: skip
     print(json.dumps(res))
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "a") as f:

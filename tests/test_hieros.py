@@ -545,6 +545,12 @@ def test_smoke_atari_pong(tmp_path):
 
 
 @pytest.mark.slow
+def test_smoke_pendulum_continuous_actions(tmp_path):
+    proc = run_script(tmp_path, "--env-id", "Pendulum-v1", "--total-timesteps", "32", "--max-hierarchy", "1")
+    assert "step 32/32" in proc.stdout
+
+
+@pytest.mark.slow
 def test_resume_continues_step_counter_and_checks_config(tmp_path):
     run_script(
         tmp_path, "--env-id", "CartPole-v1", "--total-timesteps", "48", "--checkpoint-every", "48", "--max-hierarchy", "2"
