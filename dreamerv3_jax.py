@@ -213,18 +213,16 @@ def symexp(x):
 
 def twohot_bins(num: int = 255) -> jnp.ndarray:
     """symexp(linspace(-20, 0, 128)) mirrored around an exact 0: 255 bins in raw (reward or value) space."""
-    half = symexp(jnp.linspace(-20.0, 0.0, (num + 1) // 2, dtype=jnp.float32))  # (128,), half[-1] == 0
-    return jnp.concatenate([half, -half[:-1][::-1]])  # (255,), antisymmetric
+    half = np.linspace(-20.0, 0.0, (num + 1) // 2)  # computed in float64, then rounded once to float32
+    half = np.sign(half) * np.expm1(np.abs(half))  # (128,), half[-1] == 0
+    return np.concatenate([half, -half[:-1][::-1]]).astype(np.float32)  # (255,), antisymmetric
 
 
-BINS = None  # built lazily so that importing this file does not start JAX
+BINS = twohot_bins()  # a numpy constant; each jitted function embeds it
 
 
 def bins():
-    global BINS
-    if BINS is None:
-        BINS = twohot_bins()
-    return BINS
+    return jnp.asarray(BINS)
 
 
 def twohot_encode(x, b):
@@ -564,6 +562,12 @@ def actor_dist(out, discrete: bool, unimix: float):
 # ======================================================================================================================
 
 
+def agc_clip(g, p, agc: float, pmin: float = 1e-3):
+    """Adaptive gradient clipping of one tensor: g / max(1, ||g|| / (agc * max(pmin, ||p||)))."""
+    limit = agc * jnp.maximum(pmin, jnp.linalg.norm(p.ravel()))
+    return g / jnp.maximum(1.0, jnp.linalg.norm(g.ravel()) / limit)
+
+
 class LaPropState(flax.struct.PyTreeNode):
     count: jnp.ndarray  # updates so far
     nu: Any  # EMA of g^2
@@ -584,11 +588,7 @@ def laprop(lr: float, eps: float, agc: float, warmup: int, beta1: float = 0.9, b
         return LaPropState(count=jnp.zeros((), jnp.int32), nu=zeros(), mu=zeros())
 
     def update(grads, state, params):
-        def clip(g, p):
-            limit = agc * jnp.maximum(pmin, jnp.linalg.norm(p.ravel()))
-            return g / jnp.maximum(1.0, jnp.linalg.norm(g.ravel()) / limit)
-
-        grads = jax.tree.map(clip, grads, params)
+        grads = jax.tree.map(lambda g, p: agc_clip(g, p, agc, pmin), grads, params)
         n = state.count + 1
         nu = jax.tree.map(lambda v, g: beta2 * v + (1 - beta2) * g * g, state.nu, grads)
         u = jax.tree.map(lambda g, v: g / (jnp.sqrt(v / (1 - beta2**n)) + eps), grads, nu)
@@ -645,9 +645,9 @@ class Replay:
             self.data[k][envs, self.pos] = v
         self.pos = (self.pos + 1) % self.capacity
         self.count += 1
-        for e in envs:  # queue each new non-overlapping window once
+        for e in envs:  # queue each new non-overlapping window once (by its absolute start step)
             if self.count[e] >= self.length and self.count[e] % self.length == 0:
-                self.queue.append((e, (self.pos[e] - self.length) % self.capacity))
+                self.queue.append((e, self.count[e] - self.length))
 
     def ready(self) -> bool:
         return bool(np.all(self.count >= self.length))
@@ -657,9 +657,12 @@ class Replay:
         starts = np.zeros(batch, np.int64)
         env = np.zeros(batch, np.int64)
         valid = np.minimum(self.count, self.capacity) - self.length + 1  # window starts per env
+        while self.queue and self.queue[0][1] < self.count[self.queue[0][0]] - self.capacity:
+            self.queue.popleft()  # drop queued windows that have been overwritten since
         for b in range(batch):
             if self.queue:
-                env[b], starts[b] = self.queue.popleft()
+                env[b], start = self.queue.popleft()
+                starts[b] = start % self.capacity
             else:
                 env[b] = self.rng.choice(self.num_envs, p=valid / valid.sum())
                 oldest = (self.pos[env[b]] - min(self.count[env[b]], self.capacity)) % self.capacity

@@ -1,0 +1,353 @@
+"""Tests of dreamerv3_jax.py: the numbers of spec section 9, layer shapes, gradient routing, and smoke runs."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dreamerv3_jax as D
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Numeric helpers (spec section 9)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_symlog_symexp():
+    assert float(D.symlog(jnp.float32(1.0))) == pytest.approx(0.6931472, abs=1e-6)
+    assert float(D.symlog(jnp.float32(-10.0))) == pytest.approx(-2.3978953, abs=1e-6)
+    assert abs(float(D.symexp(D.symlog(jnp.float32(123.4)))) - 123.4) < 2e-5 * 123.4
+    x = jnp.linspace(-100, 100, 101)
+    np.testing.assert_allclose(D.symexp(D.symlog(x)), x, rtol=1e-5, atol=1e-5)
+
+
+def test_twohot_bins():
+    b = np.asarray(D.twohot_bins())
+    assert b.shape == (255,) and b[127] == 0.0
+    assert b[128] == pytest.approx(math.exp(20 / 127) - 1, rel=1e-6) and b[126] == -b[128]
+    assert b[128] == pytest.approx(0.1705577, rel=1e-6)
+    assert b[131] == pytest.approx(0.8774629, rel=1e-6) and b[132] == pytest.approx(1.1976788, rel=1e-6)
+    assert b[0] == pytest.approx(-(math.exp(20) - 1), rel=1e-6) and b[0] == -b[254]
+    np.testing.assert_array_equal(b, -b[::-1])  # antisymmetric
+    ref = np.sign(np.linspace(-20, 20, 255)) * np.expm1(np.abs(np.linspace(-20, 20, 255)))
+    assert np.max(np.abs(b[b != 0] - ref[b != 0]) / np.abs(ref[b != 0])) < 2e-6
+
+
+@pytest.mark.parametrize(
+    "x,weights",
+    [
+        (0.0, {127: 1.0}),
+        (1.0, {131: 0.617330, 132: 0.382670}),
+        (-1.0, {122: 0.382670, 123: 0.617330}),
+        (0.5, {129: 0.444608, 130: 0.555392}),
+        (10.0, {142: 0.786963, 143: 0.213037}),
+        (1e9, {254: 1.0}),
+    ],
+)
+def test_twohot_targets(x, weights):
+    t = np.asarray(D.twohot_encode(jnp.float32(x), D.twohot_bins()))
+    expected = np.zeros(255)
+    for i, w in weights.items():
+        expected[i] = w
+    np.testing.assert_allclose(t, expected, atol=2e-6)
+    assert t.sum() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_twohot_zero_logits():
+    b = D.twohot_bins()
+    logits = jnp.zeros((3, 255))
+    np.testing.assert_array_equal(np.asarray(D.twohot_mean(logits, b)), 0.0)  # exactly 0
+    np.testing.assert_allclose(D.twohot_loss(logits, jnp.array([0.0, 3.0, -1e4]), b), math.log(255), atol=1e-5)
+    assert math.log(255) == pytest.approx(5.5412635, abs=1e-6)
+
+
+def test_twohot_mean_recovers_encoded_value():
+    b = D.twohot_bins()
+    for x in [0.3, -2.5, 17.0, 1234.5]:
+        logits = jnp.log(D.twohot_encode(jnp.float32(x), b) + 1e-30)
+        assert float(D.twohot_mean(logits, b)) == pytest.approx(x, rel=1e-4)
+
+
+def test_latent_unimix():
+    p = np.exp(np.asarray(D.unimix_logits(jnp.array([0.0, 0.0, 10.0, 0.0]), 0.01)))
+    np.testing.assert_allclose(p, [0.002545, 0.002545, 0.992365, 0.002545], atol=2e-6)
+    assert float(D.categorical_entropy(jnp.zeros(16))) == pytest.approx(math.log(16), abs=1e-5)
+    assert float(D.categorical_entropy(jnp.zeros(17))) == pytest.approx(2.8332, abs=1e-4)
+
+
+def test_lambda_return_imagination_example():
+    rew = jnp.array([[0.0, 1.0, 0.0, 2.0]])
+    val = jnp.array([[1.0, 2.0, 3.0, 4.0]])
+    ret = D.lambda_return(rew, 0.9 * jnp.ones_like(rew), 0.95 * jnp.ones_like(rew), val)
+    np.testing.assert_allclose(ret[0], [5.299165, 4.923, 5.6], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "last,term,expected",
+    [
+        ([0, 0, 1, 0], [0, 0, 1, 0], [1.9969972, 0.0, 41.879883]),
+        ([0, 0, 1, 0], [0, 0, 0, 0], [30.326084, 29.90991, 41.879883]),
+    ],
+)
+def test_lambda_return_replay_example(last, term, expected):
+    gamma = 1 - 1 / 333
+    rew = jnp.array([[0.0, 1.0, 0.0, 2.0]])
+    boot = jnp.array([[10.0, 20.0, 30.0, 40.0]])
+    last, term = jnp.array([last], jnp.float32), jnp.array([term], jnp.float32)
+    ret = D.lambda_return(rew, gamma * (1 - term), 0.95 * (1 - last), boot)
+    np.testing.assert_allclose(ret[0], expected, rtol=1e-6)
+
+
+def test_lambda_return_scan_equals_loop():
+    rng = np.random.default_rng(0)
+    rew, live, cont, boot = (rng.uniform(0, 1, (5, 9)).astype(np.float32) for _ in range(4))
+    ret = np.asarray(D.lambda_return(*(jnp.asarray(x) for x in (rew, live, cont, boot))))
+    loop = np.zeros((5, 8))
+    nxt = boot[:, -1]
+    for k in reversed(range(8)):
+        nxt = rew[:, k + 1] + live[:, k + 1] * ((1 - cont[:, k + 1]) * boot[:, k + 1] + cont[:, k + 1] * nxt)
+        loop[:, k] = nxt
+    np.testing.assert_allclose(ret, loop, rtol=1e-5)
+
+
+def test_percentile_ema_from_zero():
+    ret = jnp.linspace(0, 10, 101)
+    state, scale = D.percentile_update(jnp.zeros(2), ret)
+    np.testing.assert_allclose(state, [0.01 * 0.5, 0.01 * 9.5], rtol=1e-5)
+    assert float(scale) == 1.0  # max(1, hi - lo) is 1 on the first updates
+    big = jnp.linspace(0, 1000, 101)
+    for _ in range(500):
+        state, scale = D.percentile_update(state, big)
+    assert float(scale) == pytest.approx(900 * (1 - 0.99**501) + 9 * 0.99**500 * 0.01 * 0, rel=2e-2)
+
+
+def test_agc_bound():
+    g = jnp.array([3.0, 4.0])
+    clipped = D.agc_clip(g, jnp.zeros(2), 0.3)  # ||p|| = 0 -> limit 0.3 * 1e-3
+    assert float(jnp.linalg.norm(clipped)) == pytest.approx(3e-4, rel=1e-5)
+    np.testing.assert_allclose(D.agc_clip(g, jnp.array([100.0, 0.0]), 0.3), g)  # under the limit: unchanged
+
+
+def test_laprop_matches_hand_computed_steps():
+    lr, eps, warmup = 1e-3, 1e-20, 2
+    opt = D.laprop(lr, eps, 0.3, warmup)
+    p = {"w": jnp.array([1.0, 2.0])}
+    state = opt.init(p)
+    grads = [np.array([0.1, -0.2]), np.array([0.3, 0.1])]
+    nu, mu, theta = np.zeros(2), np.zeros(2), np.array([1.0, 2.0])
+    for n, g in enumerate(grads, start=1):
+        upd, state = opt.update({"w": jnp.asarray(g)}, state, p)
+        p = {"w": p["w"] + upd["w"]}
+        # reference in numpy: AGC does not trigger here (||g|| << 0.3 ||theta||)
+        nu = 0.999 * nu + 0.001 * g**2
+        u = g / (np.sqrt(nu / (1 - 0.999**n)) + eps)
+        mu = 0.9 * mu + 0.1 * u
+        theta = theta - lr * min(n - 1, warmup) / warmup * mu / (1 - 0.9**n)
+        np.testing.assert_allclose(p["w"], theta, rtol=1e-6)
+    assert not np.allclose(theta, [1.0, 2.0])  # the second step moved the parameters
+
+
+def test_learning_rate_warmup():
+    args = D.Args()
+    assert D.learning_rate_at(args, 0) == 0.0
+    assert D.learning_rate_at(args, 500) == pytest.approx(2e-5)
+    assert D.learning_rate_at(args, 1000) == D.learning_rate_at(args, 10**6) == pytest.approx(4e-5)
+
+
+def test_continue_target_and_gamma():
+    assert 1 - 1 / 333 == pytest.approx(0.996997, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Layer shapes and gradient routing
+# ---------------------------------------------------------------------------------------------------------------------
+
+CRAFTER_OBS = gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+
+
+def _agent(size, obs_space=CRAFTER_OBS, act_space=gym.spaces.Discrete(17), **kw):
+    args = D.check_args(D.Args(model_size=size, env_id="crafter", total_timesteps=1000, **kw))
+    return D.Agent(args, obs_space, act_space)
+
+
+def test_parameter_count_of_12m_matches_official():
+    agent = _agent("12m")
+    shapes = jax.eval_shape(agent._init, jax.random.PRNGKey(0)).params
+    counts = {k: D.count_params(v) for k, v in shapes.items()}
+    assert counts == {"enc": 220_416, "rssm": 5_982_464, "dec": 1_272_003, "rew": 721_407, "con": 656_129,
+                      "actor": 792_337, "critic": 853_503}  # fmt: skip
+    assert sum(counts.values()) == 10_498_259
+
+
+def test_init_scales():
+    agent = _agent("debug")
+    p = agent.init(jax.random.PRNGKey(0)).params
+    w = np.asarray(p["rssm"]["embed_h"]["Linear_0"]["kernel"])  # Linear (64 -> 32), fan_in 64
+    assert w.std() == pytest.approx(1 / 8, rel=0.15) and np.abs(w).max() <= 2 * 1.1368 / 8 + 1e-6
+    assert np.all(np.asarray(p["rew"]["Linear_0"]["kernel"]) == 0) and np.all(
+        np.asarray(p["critic"]["Linear_0"]["kernel"]) == 0
+    )
+
+
+def _random_batch(agent, bsz=2, tlen=4, seed=0):
+    rng = np.random.default_rng(seed)
+    t1 = tlen + 1
+    return {
+        "obs": np.broadcast_to(rng.integers(0, 255, (bsz, t1, 1, 1, 1), dtype=np.uint8), (bsz, t1, *agent.obs_space.shape)),
+        "action": np.eye(agent.act_dim, dtype=np.float32)[rng.integers(0, agent.act_dim, (bsz, t1))],
+        "reward": rng.normal(size=(bsz, t1)).astype(np.float32),
+        "is_first": np.zeros((bsz, t1), bool),
+        "is_last": np.zeros((bsz, t1), bool),
+        "is_terminal": np.zeros((bsz, t1), bool),
+        "deter": rng.normal(size=(bsz, t1, agent.deter)).astype(np.float16),
+        "stoch": rng.integers(0, agent.classes, (bsz, t1, agent.stoch), dtype=np.uint8),
+    }
+
+
+def test_gradient_routing():
+    agent = _agent("debug", imag_horizon=3, batch_size=2, batch_length=4)
+    state = agent.init(jax.random.PRNGKey(0))
+    key = jax.random.PRNGKey(1)
+    # perturb the zero-initialised output layers so gradients can flow through them
+    params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(key, x.shape), state.params)
+    batch = _random_batch(agent)
+
+    terms = ("actor", "critic", "repval", "wm_recon")
+
+    @jax.jit
+    def all_grads(p):  # one compile for the four gradients
+        return [
+            jax.grad(lambda q, t=t: agent.loss(q, state.slow_critic, state.retnorm, batch, key)[1][0][t])(p) for t in terms
+        ]
+
+    norms = [{k: float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(v))) for k, v in g.items()} for g in all_grads(params)]
+    actor, critic, repval, recon = norms
+    assert actor["actor"] > 0 and all(actor[k] == 0 for k in ("enc", "rssm", "dec", "rew", "con", "critic"))
+    assert critic["critic"] > 0 and all(critic[k] == 0 for k in ("enc", "rssm", "dec", "rew", "con", "actor"))
+    assert repval["critic"] > 0 and repval["enc"] > 0 and repval["rssm"] > 0  # the replay critic loss trains the WM
+    assert all(repval[k] == 0 for k in ("dec", "rew", "con", "actor"))
+    assert recon["enc"] > 0 and recon["dec"] > 0 and all(recon[k] == 0 for k in ("actor", "critic", "rew", "con"))
+
+
+def test_train_step_reduces_loss_and_keeps_shapes():
+    agent = _agent("debug", imag_horizon=3, batch_size=2, batch_length=4, learning_rate=1e-3, warmup=1)
+    state = agent.init(jax.random.PRNGKey(0))
+    batch = _random_batch(agent)
+    losses = []
+    for i in range(30):
+        state, metrics, (deter, stoch) = agent.train_step(state, batch, jax.random.PRNGKey(i))
+        losses.append(float(metrics["losses/wm_recon"]))
+        assert bool(metrics["finite"])
+    assert deter.shape == (2, 4, agent.deter) and stoch.shape == (2, 4, agent.stoch) and int(state.updates) == 30
+    assert losses[-1] < 0.8 * losses[0]  # constant images: the decoder quickly learns them
+
+
+def test_replay_windows_queue_and_latent_writeback():
+    space = gym.spaces.Box(-1, 1, (3,), np.float32)
+    rp = D.Replay(capacity=20, num_envs=2, length=5, obs_space=space, act_dim=2, deter=4, stoch=3, seed=0)
+    for t in range(23):
+        rp.add({"obs": np.full((2, 3), t, np.float32), "action": np.zeros((2, 2)), "reward": np.full(2, t),
+                "is_first": np.zeros(2, bool), "is_last": np.zeros(2, bool), "is_terminal": np.zeros(2, bool),
+                "deter": np.zeros((2, 4)), "stoch": np.zeros((2, 3))})  # fmt: skip
+    assert len(rp) == 40 and rp.ready()
+    fresh = len(rp.queue)
+    data, env, index = rp.sample(fresh + 8)
+    r = data["reward"]
+    assert np.all(np.diff(r, axis=1) == 1)  # windows are consecutive steps of one env
+    assert r.min() >= 3 and r.max() <= 22  # the oldest 3 steps were overwritten (capacity 20)
+    rp.write_latents(env, index[:, 1:], np.ones((len(env), 4, 4)), np.full((len(env), 4, 3), 2))
+    assert np.all(rp.data["deter"][env[0], index[0, 1:]] == 1) and np.all(rp.data["stoch"][env[0], index[0, 1:]] == 2)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Subprocess smoke runs (debug preset, tiny budgets) and error handling
+# ---------------------------------------------------------------------------------------------------------------------
+
+TINY = ["--model-size", "debug", "--batch-size", "2", "--batch-length", "8", "--train-ratio", "16", "--imag-horizon", "3"]
+
+
+def run(tmp_path, *flags, check=True):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # conftest.py sets the XLA flags and the compilation cache
+    out = subprocess.run([sys.executable, str(ROOT / "dreamerv3_jax.py"), *flags], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    if check:
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_smoke_cartpole_save_and_evaluate(tmp_path):
+    out = run(tmp_path, "--env-id", "CartPole-v1", *TINY, "--total-timesteps", "60", "--save-model", "--eval-episodes", "2")
+    assert "model saved to" in out.stdout and "eval: 2 episodes" in out.stdout
+    model = next(tmp_path.glob("runs/*/dreamerv3_jax.cleanrl_model"))
+    events = list(model.parent.glob("events.out.tfevents*"))
+    assert events
+    out = run(tmp_path, "--evaluate", str(model), "--env-id", "CartPole-v1", "--eval-episodes", "1")
+    assert "eval: 1 episodes" in out.stdout
+
+
+@pytest.mark.slow
+def test_smoke_pendulum_continuous(tmp_path):
+    out = run(tmp_path, "--env-id", "Pendulum-v1", *TINY, "--total-timesteps", "60", "--save-model", "--eval-episodes", "1")
+    assert "eval: 1 episodes" in out.stdout
+
+
+@pytest.mark.slow
+def test_smoke_crafter_checkpoint_and_resume(tmp_path):
+    out = run(tmp_path, "--env-id", "crafter", *TINY, "--total-timesteps", "40", "--checkpoint-every", "20")
+    ckpt = next(tmp_path.glob("runs/*/checkpoint.ckpt"))
+    assert Path(str(ckpt) + ".replay.npz").exists()
+    out = run(tmp_path, "--env-id", "crafter", *TINY, "--total-timesteps", "60", "--resume", str(ckpt))
+    assert "resumed from" in out.stdout and "global_step=40" in out.stdout and "step 60/60" in out.stdout
+    assert len(list(tmp_path.glob("runs/*"))) == 1  # the resumed run logs into the same run directory
+    # a checkpoint of another config is a one-line error with exit status 2
+    bad = run(tmp_path, "--env-id", "crafter", *TINY, "--model-size", "1m", "--resume", str(ckpt), check=False)
+    assert bad.returncode == 2 and "model_size" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_smoke_atari100k(tmp_path):
+    out = run(tmp_path, "--env-id", "atari100k_pong", *TINY, "--total-timesteps", "40", "--video-every", "1")
+    assert "step 40/40" in out.stdout
+
+
+def test_evaluate_crafter_reports_score(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    agent = _agent("debug")
+    state = agent.init(jax.random.PRNGKey(0))
+    path = str(tmp_path / "m.cleanrl_model")
+    import flax
+
+    D.save_file(path, agent.args, {"params": flax.serialization.to_state_dict(state.params)})
+    short = lambda env_id, seed, idx, cv, rn: D.common.make_env(env_id, seed, idx, cv, rn, length=30)
+    returns = D.evaluate(path, short, "crafter", 2, "eval")
+    assert len(returns) == 2 and "crafter score" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (["--env-id", "NoSuchEnv-v0"], "NoSuchEnv-v0"),
+        (["--env-id", "CartPole-v1", "--batch-length", "0"], "batch-length"),
+        (["--env-id", "CartPole-v1", "--model-size", "huge"], "model-size"),
+        (["--env-id", "CartPole-v1", "--resume", "/nonexistent/ckpt"], "not found"),
+    ],
+)
+def test_bad_input_is_one_line_error(tmp_path, flags, needle):
+    out = run(tmp_path, *flags, check=False)
+    assert out.returncode == 2 and needle in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_corrupt_checkpoint_is_one_line_error(tmp_path):
+    bad = tmp_path / "corrupt.ckpt"
+    bad.write_bytes(b"\x00not a checkpoint")
+    out = run(tmp_path, "--env-id", "CartPole-v1", "--resume", str(bad), check=False)
+    assert out.returncode == 2 and "corrupt" in out.stderr and len(out.stderr.strip().splitlines()) == 1
