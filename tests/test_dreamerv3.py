@@ -351,3 +351,19 @@ def test_corrupt_checkpoint_is_one_line_error(tmp_path):
     bad.write_bytes(b"\x00not a checkpoint")
     out = run(tmp_path, "--env-id", "CartPole-v1", "--resume", str(bad), check=False)
     assert out.returncode == 2 and "corrupt" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("cin,cout,size", [(3, 8, 16), (8, 12, 8), (40, 8, 8)])
+def test_fast_convolutions_equal_plain_forms(cin, cout, size):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, size, size, cin)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(5, 5, cin, cout)) / 10, jnp.float32)
+    b = jnp.asarray(rng.normal(size=(cout,)), jnp.float32)
+    plain = lambda x: jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
+    np.testing.assert_allclose(D.conv5x5_maxpool(x, k, b), D.maxpool2(plain(x)), atol=2e-4)
+    np.testing.assert_allclose(D.upsample_conv5x5(x, k, b), plain(D.upsample2(x)), atol=2e-4)
+    np.testing.assert_allclose(D.conv_im2col(x, k) + b, plain(x), atol=2e-4)
+    gk_fast = jax.grad(lambda k_: jnp.sum(D.upsample_conv5x5(x, k_, b) ** 2))(k)
+    gk_plain = jax.grad(lambda k_: jnp.sum((jax.lax.conv_general_dilated(D.upsample2(x), k_, (1, 1), "SAME",
+                        dimension_numbers=("NHWC", "HWIO", "NHWC")) + b) ** 2))(k)  # fmt: skip
+    np.testing.assert_allclose(gk_fast, gk_plain, rtol=1e-3, atol=1e-2)

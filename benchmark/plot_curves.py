@@ -1,0 +1,73 @@
+"""Plot learning curves from the TensorBoard event files under runs/ and print a summary table.
+
+    python benchmark/plot_curves.py --runs runs/CartPole-v1__dreamerv3* --tag charts/episodic_return \
+        --out benchmark/results/dreamerv3_cartpole.png --title "DreamerV3 CartPole-v1" [--baseline 22.0]
+
+Each run is one line (x = global_step); several globs can be given, one label each (--labels).
+"""
+
+import argparse
+import glob
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+
+def load_scalars(run_dir: str, tag: str):
+    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    if tag not in acc.Tags()["scalars"]:
+        return np.zeros(0), np.zeros(0)
+    events = acc.Scalars(tag)
+    return np.array([e.step for e in events]), np.array([e.value for e in events])
+
+
+def smooth(y, window):
+    if len(y) < window or window <= 1:
+        return y
+    return np.convolve(y, np.ones(window) / window, mode="valid")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--runs", nargs="+", required=True, help="run directories or globs")
+    p.add_argument("--labels", nargs="*", default=None)
+    p.add_argument("--tag", default="charts/episodic_return")
+    p.add_argument("--out", required=True)
+    p.add_argument("--title", default="")
+    p.add_argument("--smooth", type=int, default=10)
+    p.add_argument("--baseline", type=float, default=None, help="horizontal line, e.g. the random policy's return")
+    a = p.parse_args()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    summary = []
+    for i, pattern in enumerate(a.runs):
+        for run in sorted(glob.glob(pattern)) or [pattern]:
+            x, y = load_scalars(run, a.tag)
+            if not len(y):
+                continue
+            label = a.labels[i] if a.labels and i < len(a.labels) else os.path.basename(run.rstrip("/"))
+            ys = smooth(y, a.smooth)
+            ax.plot(x[len(x) - len(ys) :], ys, label=label)
+            tail = y[-max(1, len(y) // 10) :]
+            summary.append({"run": run, "label": label, "points": len(y), "last_step": int(x[-1]),
+                            "final_mean": float(tail.mean()), "max": float(y.max())})  # fmt: skip
+    if a.baseline is not None:
+        ax.axhline(a.baseline, color="gray", linestyle="--", label="random policy")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel(a.tag)
+    ax.set_title(a.title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
+    fig.savefig(a.out, dpi=100)
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
