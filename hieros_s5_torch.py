@@ -124,6 +124,9 @@ class Args:
     """scale of KL(q || sg(p))"""
     action_shift: bool = True
     """feed a_{t-1} to the S5 at step t (fixed); --no-action-shift feeds a_t as the original's observe() did"""
+    reward_loss_at_first: bool = False
+    """train the reward head on the first observation of each episode too (off: its reward is 0 by the env convention
+    and caused by no action; with an obs-only posterior the reset frame looks like any upright mid-episode frame)"""
     weight_decay: float = 0.0
     """decoupled AdamW weight decay of all optimisers (the original used torch's implicit 0.01)"""
     # actor / critic
@@ -1069,7 +1072,9 @@ def wm_loss(wm, obs, action, reward, is_first, is_terminal, args):
     state, post_logits, prior_logits = wm.observe(wm.encoder(obs), action, is_first)
     feat = S5WM.feat(state)  # (B, T, S*C + D)
     recon = wm.decoder.loss(feat, obs)  # (B, T)
-    rew = -TwoHot(wm.reward(feat)).log_prob(reward)
+    rew = -TwoHot(wm.reward(feat)).log_prob(reward)  # (B, T)
+    if not args.reward_loss_at_first:
+        rew = rew * (1.0 - is_first.float())
     cont = F.binary_cross_entropy_with_logits(wm.cont(feat).squeeze(-1).float(), 1.0 - is_terminal, reduction="none")
     kl, dyn, rep = kl_loss(post_logits, prior_logits, args.free_nats, args.kl_dyn_scale, args.kl_rep_scale)
     loss = (recon + rew + cont + kl).mean()
