@@ -3,7 +3,8 @@
 Each configuration runs in its own subprocess so that peak RSS is per configuration. Crafter-shaped inputs (64x64x3,
 17 actions), batch B x T, random data (speed does not depend on the values).
 
-    python benchmark/dreamerv3_throughput.py --sizes debug 12m --dtypes float32 bfloat16 --out benchmark/results/dreamerv3_throughput.json
+    python benchmark/dreamerv3_throughput.py --sizes debug 12m --dtypes float32 bfloat16 \
+        --out benchmark/results/dreamerv3_throughput.json
     python benchmark/dreamerv3_throughput.py --script thick_dreamer_jax.py ...   # the same for THICK (same Agent API)
 """
 
@@ -28,6 +29,12 @@ def matmul_rate(jax, jnp, n=2048, reps=5):
     for _ in range(reps):
         f(a).block_until_ready()
     return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def cpu_seconds():
+    """User + system CPU time of this process (all threads): a load-independent measure of the work done."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def measure(script, size, dtype, batch, length, updates, policy_steps):
@@ -65,12 +72,13 @@ def measure(script, size, dtype, batch, length, updates, policy_steps):
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-    times = []
+    times, cpu = [], []
     for i in range(updates + 1):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), cpu_seconds()
         state, metrics, _ = agent.train_step(state, batch_data, jax.random.PRNGKey(i))
         jax.block_until_ready(state)
         times.append(time.perf_counter() - t)
+        cpu.append(cpu_seconds() - c)
     update_s = float(np.median(times[1:]))
     carry, obs = agent.initial_carry(1), batch_data["obs"][:1, 0]
     first = np.zeros(1, bool)
@@ -84,7 +92,9 @@ def measure(script, size, dtype, batch, length, updates, policy_steps):
     return {
         "script": script, "size": size, "dtype": dtype, "batch": f"{batch}x{length}", "device": jax.devices()[0].platform,
         "jax": jax.__version__, "params": mod.count_params(state.params), "compile_s": round(compile_s, 1),
-        "update_s": round(update_s, 3), "updates_timed": updates, "policy_step_ms": round(1e3 * float(np.median(ptimes[1:])), 2),
+        "update_s": round(update_s, 3), "update_cpu_s": round(float(np.median(cpu[1:])), 3),
+        "load_avg_1m": os.getloadavg()[0], "updates_timed": updates,
+        "policy_step_ms": round(1e3 * float(np.median(ptimes[1:])), 2),
         "flop_per_update": flops, "gflops_achieved": round(flops / update_s / 1e9, 1),
         "matmul_gflops": round(rate, 1), "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
     }  # fmt: skip

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Learning benchmarks of dreamerv3_jax.py (CPU-sized). Run from the repository root; curves are read back from runs/.
+#   bash benchmark/dreamerv3_learning.sh cartpole   # CartPole-v1, target: average return >= 400 within 30k env steps
+#   bash benchmark/dreamerv3_learning.sh crafter    # short Crafter run, compared with a random policy
+#   bash benchmark/dreamerv3_learning.sh plot
+set -euo pipefail
+case "${1:-cartpole}" in
+  cartpole)
+    # the 'debug' preset with 16 x 32 batches, train ratio 128 (0.25 updates per step) and lr 1e-4: CPU-sized
+    python dreamerv3_jax.py --env-id CartPole-v1 --model-size debug --batch-size 16 --batch-length 32 \
+      --train-ratio 128 --learning-rate 1e-4 --total-timesteps 30000 --log-every 1000 --exp-name dreamerv3_cartpole_debug
+    ;;
+  crafter)
+    python dreamerv3_jax.py --env-id crafter --model-size 1m --batch-size 16 --batch-length 32 --train-ratio 32 \
+      --total-timesteps 100000 --log-every 2000 --exp-name dreamerv3_crafter_1m
+    ;;
+  plot)
+    python benchmark/plot_curves.py --runs "runs/CartPole-v1__dreamerv3_cartpole_debug*" --labels "DreamerV3 debug" \
+      --out benchmark/results/dreamerv3_cartpole.png --title "dreamerv3_jax.py, CartPole-v1" --baseline 22.3
+    python benchmark/plot_curves.py --runs "runs/crafter__dreamerv3_crafter_1m*" --labels "DreamerV3 1m" \
+      --out benchmark/results/dreamerv3_crafter.png --title "dreamerv3_jax.py, Crafter" --baseline 2.1
+    ;;
+esac
