@@ -142,6 +142,9 @@ class Args:
     """critic learning rate (one critic per reward head, AdamW, eps 1e-5, clip 100)"""
     entropy_coef: float = 3e-4
     """actor entropy regulariser eta"""
+    behavior_starts: int = 0
+    """train calls (= level-0 updates) with world-model-only updates before actors and critics start training (0 = from
+    the first update, as in the paper; on small problems it keeps the initial random policy until the reward head learned)"""
     slow_critic_mix: float = 0.02
     """EMA mix of the slow critic, every update"""
     original_return_indexing: bool = False
@@ -825,6 +828,13 @@ class Level(nn.Module):
         self.slow_critics = copy.deepcopy(self.critics).requires_grad_(False)
         self.retnorms = nn.ModuleDict({k: ReturnNorm() for k in self.heads})
         self.ae = SubgoalAutoencoder(cfg["deter"]) if (self.has_goal or "novelty" in self.heads) else None
+        self.updates = 0  # updates of this level so far (a python int, saved through get_extra_state)
+
+    def get_extra_state(self):
+        return {"updates": self.updates}
+
+    def set_extra_state(self, state):
+        self.updates = int(state["updates"])
 
     def ac_input(self, state, logits, code):
         """Actor/critic input: [z, h, symlog(r^), symlog(c^), symlog(H[q or p])] (+ the 64-d code)."""
@@ -1118,6 +1128,9 @@ def train_level(level, opts, sched, batch, args, loss_fn, autocast):
     metrics["wm_grad_norm"] = nn.utils.clip_grad_norm_(level.wm.parameters(), 1000.0)
     opts["wm"].step()
     sched.step()
+    level.updates += 1
+    if level.updates * args.subactor_train_every**level.index <= args.behavior_starts:  # world model only
+        return metrics
     # --- imagination from all B*T posterior states, goal held at the start state's stored code ---
     start = {k: v.detach().flatten(0, 1) for k, v in state.items()}  # (B*T, ...)
     code, goal = batch["code"].flatten(0, 1), batch["subgoal"].flatten(0, 1)
@@ -1424,6 +1437,8 @@ def main(args):
                     )
                     metrics[i] = m
                     for k in ("wm_loss", "actor", "critic"):
+                        if k not in m:  # before --behavior-starts only the world model trains
+                            continue
                         key = f"{k}_L{i}"
                         nonfinite[key] = nonfinite.get(key, False) | ~torch.isfinite(m[k])
                     n_updates += i == 0
