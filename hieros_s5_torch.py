@@ -140,6 +140,9 @@ class Args:
     """actor learning rate (AdamW, eps 1e-5, clip 100)"""
     critic_lr: float = 3e-5
     """critic learning rate (one critic per reward head, AdamW, eps 1e-5, clip 100)"""
+    actor_init_scale: float = 1.0
+    """scale of the actor's output-layer init (1 = the original; 0 = an exactly uniform initial policy, which explores
+    far better on CartPole, where the scale-1 init keeps pushing one way and ends every episode after ~9 steps)"""
     entropy_coef: float = 3e-4
     """actor entropy regulariser eta"""
     behavior_starts: int = 0
@@ -820,6 +823,8 @@ class Level(nn.Module):
         feat = cfg["stoch"] * cfg["classes"] + cfg["deter"]
         self.ac_dim = feat + 3 + (CODE_FACTORS * CODE_CLASSES if self.has_goal else 0)  # [z, h, r, c, H] (+ code)
         self.actor = Actor(self.ac_dim, act_dim, act_kind, cfg, args.factor_logprob_mean)
+        with torch.no_grad():
+            self.actor.net[-1].weight.mul_(args.actor_init_scale)
         self.critics = nn.ModuleDict({k: mlp(self.ac_dim, cfg["head_units"], cfg["head_layers"], out=REWARD_BINS)
                                       for k in self.heads})  # fmt: skip
         for c in self.critics.values():

@@ -501,6 +501,23 @@ def test_train_level_updates_all_parts():
     assert {"imag_ext_reward", "imag_subgoal_reward", "wm_kl_dyn", "actor", "ae"} <= set(m)
 
 
+def test_behavior_starts_trains_world_model_only_first():
+    torch.manual_seed(16)
+    agent, args = debug_agent(max_hierarchy=1, imag_horizon=2, behavior_starts=2)
+    lv = agent.levels[0]
+    opts, sched = h.make_optimizers(lv, args)
+    flag = torch.zeros(2, 4, dtype=torch.bool)
+    batch = dict(obs=torch.randn(2, 4, 5), action=torch.zeros(2, 4, 3), reward=torch.ones(2, 4), is_first=flag,
+                 is_terminal=flag, subgoal=torch.zeros(2, 4, 16), code=torch.zeros(2, 4, 64))  # fmt: skip
+    import contextlib
+
+    actor_before = [p.detach().clone() for p in lv.actor.parameters()]
+    keys = [set(h.train_level(lv, opts, sched, batch, args, h.wm_loss, contextlib.nullcontext)) for _ in range(3)]
+    assert "actor" not in keys[0] and "actor" not in keys[1] and "actor" in keys[2]
+    assert lv.get_extra_state() == {"updates": 3}
+    assert any(not torch.equal(a, b) for a, b in zip(actor_before, lv.actor.parameters(), strict=True))
+
+
 def run_script(tmp_path, *flags, check=True):
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, SCRIPT, "--model-size", "debug", "--batch-size", "2", "--batch-length", "8", "--train-ratio", "8",
