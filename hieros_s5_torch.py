@@ -124,9 +124,9 @@ class Args:
     """scale of KL(q || sg(p))"""
     action_shift: bool = True
     """feed a_{t-1} to the S5 at step t (fixed); --no-action-shift feeds a_t as the original's observe() did"""
-    reward_loss_at_first: bool = False
-    """train the reward head on the first observation of each episode too (off: its reward is 0 by the env convention
-    and caused by no action; with an obs-only posterior the reset frame looks like any upright mid-episode frame)"""
+    reward_loss_at_first: bool = True
+    """train the reward head on the first observation of each episode too (as the original; its reward is 0 by the env
+    convention and caused by no action: --no-reward-loss-at-first masks it)"""
     weight_decay: float = 0.0
     """decoupled AdamW weight decay of all optimisers (the original used torch's implicit 0.01)"""
     # actor / critic
@@ -260,7 +260,8 @@ def onehot_straight_through(probs, sample=True):
     The forward value is exactly one-hot: onehot + (probs - sg(probs)) adds an exact zero.
     """
     if sample:
-        gumbel = -torch.log(-torch.log(torch.rand_like(probs).clamp(1e-20, 1.0)).clamp(min=1e-20))
+        u = torch.rand_like(probs).clamp(1e-10, 1.0 - 1e-7)  # Gumbel-max: argmax(log p + g), g = -log(-log u)
+        gumbel = -torch.log(-torch.log(u))
         index = (probs.log() + gumbel).argmax(-1)
     else:
         index = probs.argmax(-1)

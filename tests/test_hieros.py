@@ -272,6 +272,21 @@ def test_twohot_and_symlog():
     assert h.symlog(torch.tensor(1.0)).item() == pytest.approx(math.log(2))
 
 
+def test_onehot_sampling_matches_probs():
+    torch.manual_seed(17)
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4]).expand(200_000, 4)
+    sample = h.onehot_straight_through(probs, sample=True)
+    torch.testing.assert_close(sample.mean(0), probs[0], atol=4e-3, rtol=0)  # Gumbel-max draws follow p
+    assert torch.equal(sample.sum(-1), torch.ones(200_000))
+    mode = h.onehot_straight_through(probs[:3], sample=False)
+    assert torch.equal(mode.argmax(-1), torch.full((3,), 3))
+    actor = h.Actor(6, 64, "code", h.SIZES["debug"])
+    with torch.no_grad():
+        actor.net[-1].weight.zero_()  # uniform code distribution
+    codes = actor.sample(actor.dist(torch.randn(20_000, 6))).reshape(-1, 8, 8)
+    torch.testing.assert_close(codes.mean(0), torch.full((8, 8), 1 / 8), atol=0.015, rtol=0)
+
+
 def test_lambda_return_against_closed_form():
     r, c, v = torch.rand(4, 3), torch.rand(4, 3), torch.rand(5, 3)
     ret = h.lambda_return(r, c, v, 1.0)  # lambda = 1: discounted reward sum + discounted bootstrap
