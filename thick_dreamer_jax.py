@@ -155,6 +155,8 @@ class Args:
     """scale of the coarse image/vector reconstruction loss (coarse reward and continue: 1, coarse dyn KL: 1)"""
     coarse_rep_scale: float = 0.1
     """scale of the coarse representation KL"""
+    coarse_dec_depth: int = 0
+    """CNN depth of the coarse image decoder (0 = the model's depth, as THIX; smaller is cheaper, e.g. depth / 2)"""
     hl_scale: float = 1.0
     """scale of every high-level loss term (z, a, delta, R, A-KL)"""
     eval_gate_noise: bool = True
@@ -231,8 +233,8 @@ def check_args(args: Args) -> Args:
         raise UsageError(f"--context-dim and --hl-actions must be >= 1, got {args.context_dim} and {args.hl_actions}")
     if not 0 <= args.psi <= 1:
         raise UsageError(f"--psi must lie in [0, 1], got {args.psi}")
-    if args.gate_noise < 0 or args.sparse_scale < 0 or args.sparse_free < 0:
-        raise UsageError("--gate-noise, --sparse-scale and --sparse-free must be >= 0")
+    if args.gate_noise < 0 or args.sparse_scale < 0 or args.sparse_free < 0 or args.coarse_dec_depth < 0:
+        raise UsageError("--gate-noise, --sparse-scale, --sparse-free and --coarse-dec-depth must be >= 0")
     return args
 
 
@@ -917,7 +919,7 @@ class Agent:
         self.critic = MLPHead(3, units, 255, outscale=0.0, dtype=dt)
         # ALGO LOGIC: THICK: coarse heads on (c, z) without h (the coarse decoder is the image decoder with c in place of
         # h and one block), the coarse critic v_c(z_c, c) and the high-level model
-        self.cdec = Decoder(depth, units, tuple(obs_space.shape), self.image, blocks=1, dtype=dt)
+        self.cdec = Decoder(args.coarse_dec_depth or depth, units, tuple(obs_space.shape), self.image, blocks=1, dtype=dt)
         self.crew = MLPHead(1, units, 255, outscale=0.0, dtype=dt)
         self.ccon = MLPHead(1, units, 1, outscale=1.0, dtype=dt)
         self.ccritic = MLPHead(3, units, 255, outscale=0.0, dtype=dt)
@@ -1478,6 +1480,10 @@ def main(args: Args):
         episodes_ach = json.loads(saved["episodes_ach"])
         if os.path.isfile(args.resume + ".replay.npz"):
             with np.load(args.resume + ".replay.npz") as f:
+                if f["data_reward"].shape[1] != replay.capacity:  # THICK fix: --total-timesteps may change on resume
+                    replay = Replay(f["data_reward"].shape[1], args.num_envs, args.batch_length + 1,
+                                    envs.single_observation_space, agent.act_dim, agent.deter, agent.stoch, args.seed,
+                                    agent.ctx)  # fmt: skip
                 replay.load_state_dict({"data": {k[5:]: f[k] for k in f.files if k.startswith("data_")},
                                         "pos": f["pos"], "count": f["count"], "queue": f["queue"]})  # fmt: skip
         print(f"resumed from {args.resume} at global_step={global_step}, updates={int(state.updates)}, replay={len(replay)}")

@@ -29,10 +29,14 @@ import common  # noqa: E402
 import thick_dreamer_jax as td  # noqa: E402
 
 
-def collect(steps: int, seed: int):
+def collect(steps: int, seed: int, size: int = 64):
     """Uniform random policy in Crafter: obs, one-hot actions a_t (chosen after o_t), rewards r_t (on arriving at o_t),
     is_first, is_terminal, and per step whether the inventory changed or an achievement was unlocked on arriving at o_t."""
-    env = common.make_env("crafter", seed, 0, False, "bench")()
+    cache = f"/tmp/thick_sparsity_data_{steps}_{seed}_{size}.npz"  # collection is slow on a loaded CPU: reuse it
+    if os.path.isfile(cache):
+        with np.load(cache) as f:
+            return dict(f)
+    env = common.make_env("crafter", seed, 0, False, "bench", size=size)()
     rng = np.random.default_rng(seed)
     obs, info = env.reset(seed=seed)
     inv, ach = dict(info["inventory"]), {}
@@ -58,6 +62,7 @@ def collect(steps: int, seed: int):
     out = {k: np.asarray(v) for k, v in data.items()}
     out["action"] = np.eye(17, dtype=np.float32)[out["action"]]
     out["reward"] = out["reward"].astype(np.float32)
+    np.savez(cache, **out)
     return out
 
 
@@ -86,19 +91,20 @@ def main():
     ap.add_argument("--learning-rate", type=float, default=3e-4)
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--model-size", default="debug")
+    ap.add_argument("--image-size", type=int, default=64, help="Crafter render size (32 is 4x cheaper on a CPU)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default="benchmark/results/thick_sparsity")
     a = ap.parse_args()
     t_start = time.time()
-    train = collect(a.train_steps, a.seed)
-    held = collect(a.eval_steps, a.seed + 1000)
+    train = collect(a.train_steps, a.seed, a.image_size)
+    held = collect(a.eval_steps, a.seed + 1000, a.image_size)
     print(f"collected {a.train_steps} + {a.eval_steps} random-policy steps in {time.time() - t_start:.0f} s; "
           f"events per step (held-out) {held['event'][~held['is_first']].mean():.3f}", flush=True)  # fmt: skip
     args = td.Args(env_id="crafter", model_size=a.model_size, batch_size=a.batch_size, batch_length=a.batch_length,
                    learning_rate=a.learning_rate, warmup=a.warmup, replay_context=0, seed=a.seed)  # fmt: skip
-    obs_space = common.make_env("crafter", 0, 0, False, "x")().observation_space
     import gymnasium as gym
 
+    obs_space = gym.spaces.Box(0, 255, (a.image_size, a.image_size, 3), np.uint8)
     agent = td.Agent(args, obs_space, gym.spaces.Discrete(17))
     B, L = a.batch_size, a.batch_length + 1
 

@@ -439,7 +439,8 @@ def test_large_beta_closes_the_gates_toy_run(agent, state):
 
 
 def run_script(tmp_path, *flags, timeout=900):
-    env = dict(os.environ, PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=str(tmp_path.parent / "jax_cache"),
+    xla = os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"  # tiny runs: compile time dominates
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=str(tmp_path.parent / "jax_cache"), XLA_FLAGS=xla,
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")  # fmt: skip
     cmd = [sys.executable, os.path.join(ROOT, "thick_dreamer_jax.py"), *flags]
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
@@ -476,6 +477,6 @@ def test_smoke_cartpole_save_evaluate_checkpoint_resume(tmp_path):
 @pytest.mark.slow
 def test_smoke_crafter_save_and_evaluate(tmp_path):
     r = run_script(tmp_path, "--env-id", "crafter", *TINY, "--total-timesteps", "60", "--learning-starts", "20",
-                   "--train-ratio", "4", "--save-model", "--video-every", "1")  # fmt: skip
+                   "--train-ratio", "4", "--save-model")  # fmt: skip
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "model saved to" in r.stdout and "eval: 1 episodes" in r.stdout
