@@ -19,9 +19,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def flops(script, size, B, T):
+def flops(script, size, B, T, **extra):
     mod = importlib.import_module(script)
-    args = mod.Args(env_id="crafter", model_size=size, batch_size=B, batch_length=T)
+    args = mod.Args(env_id="crafter", model_size=size, batch_size=B, batch_length=T, **extra)
     agent = mod.Agent(args, gym.spaces.Box(0, 255, (64, 64, 3), np.uint8), gym.spaces.Discrete(17))
     state = jax.eval_shape(agent._init, jax.random.PRNGKey(0))
     L = T + 1
@@ -36,7 +36,13 @@ def flops(script, size, B, T):
     cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-    return {"script": script, "model_size": size, "batch": [B, T], "params": params, "gflop": round(cost["flops"] / 1e9, 1)}
+    return {
+        "script": script,
+        "model_size": size,
+        "batch": [B, T],
+        "params": params,
+        "gflop": round(cost["flops"] / 1e9, 1),
+    } | extra
 
 
 def main():
@@ -44,8 +50,10 @@ def main():
     ap.add_argument("--model-size", default="12m")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--batch-length", type=int, default=64)
+    ap.add_argument("--coarse-dec-depth", type=int, default=0, help="THICK's --coarse-dec-depth (0 = the model's depth)")
     a = ap.parse_args()
-    recs = [flops(s, a.model_size, a.batch_size, a.batch_length) for s in ("dreamerv3_jax", "thick_dreamer_jax")]
+    shape = (a.model_size, a.batch_size, a.batch_length)
+    recs = [flops("dreamerv3_jax", *shape), flops("thick_dreamer_jax", *shape, coarse_dec_depth=a.coarse_dec_depth)]
     recs[1]["ratio_vs_dreamerv3"] = round(recs[1]["gflop"] / recs[0]["gflop"], 3)
     os.makedirs("benchmark/results", exist_ok=True)
     with open("benchmark/results/thick_flops.jsonl", "a") as f:
