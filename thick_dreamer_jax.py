@@ -253,19 +253,16 @@ def symexp(x):
 
 def twohot_bins(num: int = 255) -> jnp.ndarray:
     """symexp(linspace(-20, 0, 128)) mirrored around an exact 0: 255 bins in raw (reward or value) space."""
-    half = symexp(jnp.linspace(-20.0, 0.0, (num + 1) // 2, dtype=jnp.float32))  # (128,), half[-1] == 0
-    return jnp.concatenate([half, -half[:-1][::-1]])  # (255,), antisymmetric
+    half = np.linspace(-20.0, 0.0, (num + 1) // 2)  # computed in float64, then rounded once to float32
+    half = np.sign(half) * np.expm1(np.abs(half))  # (128,), half[-1] == 0
+    return np.concatenate([half, -half[:-1][::-1]]).astype(np.float32)  # (255,), antisymmetric
 
 
-BINS = None  # built lazily so that importing this file does not start JAX
+BINS = twohot_bins()  # a numpy constant; each jitted function embeds it
 
 
 def bins():
-    global BINS
-    if BINS is None:
-        with jax.ensure_compile_time_eval():  # a concrete array even when first called inside a jit trace (no leak)
-            BINS = twohot_bins()
-    return BINS
+    return jnp.asarray(BINS)
 
 
 def twohot_encode(x, b):
@@ -433,20 +430,90 @@ class BlockLinear(nn.Module):
         return y.reshape(*y.shape[:-2], self.units) + bias.astype(self.dtype)
 
 
+# XLA's CPU convolutions are slow at these shapes (shared/notes/cpu-performance.md): a 5x5 conv on 3 input channels runs
+# at a tenth of the matmul rate, the max-pool backward costs as much as the conv, and the weight gradient of a conv is
+# not sent to the fast matmul library. Three exact reformulations (same parameters, same outputs; tested against the
+# plain forms in tests/test_dreamerv3.py) make the encoder + decoder convolutions about 1.4-1.8x faster:
+#   im2col:        stack the 25 shifted copies of the padded input on the channel axis -> one matmul (K = 25 cin);
+#                  both gradients are then plain matmuls too.
+#   conv + pool:   fold each 2x2 pixel block into channels (space-to-depth). The 4 output phases of a 5x5 conv at full
+#                  resolution are then one 3x3 conv at half resolution (4 cin -> 4 cout, re-arranged weights), and the
+#                  2x2 max-pool is a max over the 4 phases.
+#   up + conv:     a 5x5 conv after nearest 2x upsampling equals, per output phase, a 3x3 conv on the low-resolution map
+#                  ("sub-pixel" conv, 2.8x fewer FLOPs); the 4 phases interleave into the high-resolution output.
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _phase_taps_pool() -> np.ndarray:
+    """S[u, p, a, y] = 1 iff 3x3 tap u on s2d input phase p feeds output phase a through 5x5 tap y (y = 2u + p - a)."""
+    s = np.zeros((3, 2, 2, 5), np.float32)
+    for u, p, a in np.ndindex(3, 2, 2):
+        if 0 <= 2 * u + p - a < 5:
+            s[u, p, a, 2 * u + p - a] = 1
+    return s
+
+
+def _phase_taps_up() -> np.ndarray:
+    """T[a, u, y] = 1 iff, for output phase a, 5x5 tap y reads low-resolution tap u of a 3x3 window."""
+    t = np.zeros((2, 3, 5), np.float32)
+    for a, y in np.ndindex(2, 5):
+        t[a, (a + y - 2) // 2 + 1, y] = 1
+    return t
+
+
+def conv_im2col(x, k):
+    """'SAME' stride-1 conv as one matmul: (B, H, W, cin), (kh, kw, cin, cout) -> (B, H, W, cout)."""
+    kh, kw, cin, cout = k.shape
+    b, h, w, _ = x.shape
+    xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    cols = jnp.concatenate([xp[:, i : i + h, j : j + w] for i in range(kh) for j in range(kw)], -1)  # (B, H, W, kh kw cin)
+    return (cols.reshape(-1, kh * kw * cin) @ k.reshape(-1, cout)).reshape(b, h, w, cout)
+
+
+def conv5x5_maxpool(x, kernel, bias):
+    """== maxpool2(conv5x5_same(x) + bias), (B, H, W, C) -> (B, H/2, W/2, cout)."""
+    b, h, w, c = x.shape
+    cout = kernel.shape[-1]
+    if c > 32:  # wide inputs: XLA's conv is fine; the pool as a reshape-max (its backward is cheap)
+        y = jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), "SAME", dimension_numbers=_DN)
+        return maxpool2(y) + bias.astype(x.dtype)
+    xs = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h // 2, w // 2, 4 * c)  # s2d
+    s = _phase_taps_pool()
+    k3 = jnp.einsum("upay,vqbx,yxio->uvpqiabo", s, s, kernel.astype(jnp.float32), precision="highest")
+    k3 = k3.reshape(3, 3, 4 * c, 4 * cout).astype(x.dtype)  # 3x3 taps, (phase, cin) -> (phase, cout)
+    return conv_im2col(xs, k3).reshape(b, h // 2, w // 2, 4, cout).max(3) + bias.astype(x.dtype)
+
+
+def upsample_conv5x5(x, kernel, bias):
+    """== conv5x5_same(upsample2(x)) + bias, (B, h, w, cin) -> (B, 2h, 2w, cout)."""
+    b, h, w, cin = x.shape
+    cout = kernel.shape[-1]
+    t = _phase_taps_up()
+    k3 = jnp.einsum("auy,bvx,yxio->uviabo", t, t, kernel.astype(jnp.float32), precision="highest")
+    k3 = k3.reshape(3, 3, cin, 4 * cout).astype(x.dtype)
+    y = conv_im2col(x, k3).reshape(b, h, w, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, cout)
+    return y + bias.astype(x.dtype)
+
+
 class Conv(nn.Module):
-    """5x5 stride-1 'SAME' convolution with bias, NHWC."""
+    """5x5 stride-1 'SAME' convolution with bias, NHWC; mode 'pool' adds a 2x2 max-pool after it, 'up' a nearest 2x
+    upsampling before it (both computed by the exact reformulations above)."""
 
     channels: int
-    kernel: int = 5
+    mode: str = "same"
     outscale: float = 1.0
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x):  # (N, H, W, Cin) -> (N, H, W, channels)
-        k = self.param("kernel", trunc_normal(self.outscale), (self.kernel, self.kernel, x.shape[-1], self.channels))
+    def __call__(self, x):  # (N, H, W, Cin) -> (N, H', W', channels)
+        k = self.param("kernel", trunc_normal(self.outscale), (5, 5, x.shape[-1], self.channels))
         bias = self.param("bias", nn.initializers.zeros, (self.channels,))
-        y = jax.lax.conv_general_dilated(x.astype(self.dtype), k.astype(self.dtype), (1, 1), "SAME",
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))  # fmt: skip
+        x = x.astype(self.dtype)
+        if self.mode == "pool":
+            return conv5x5_maxpool(x, k, bias)
+        if self.mode == "up":
+            return upsample_conv5x5(x, k, bias)
+        y = jax.lax.conv_general_dilated(x, k.astype(self.dtype), (1, 1), "SAME", dimension_numbers=_DN)
         return y + bias.astype(self.dtype)
 
 
@@ -522,9 +589,8 @@ class Encoder(nn.Module):
             return x
         lead = obs.shape[:-3]
         x = obs.reshape(-1, *obs.shape[-3:]).astype(jnp.float32) / 255.0 - 0.5  # (N, 64, 64, 3) in [-0.5, 0.5]
-        for mult in (2, 3, 4, 4):
-            x = Conv(self.depth * mult, dtype=self.dtype)(x)
-            x = nn.silu(RMSNorm()(maxpool2(x)))  # 64 -> 32 -> 16 -> 8 -> 4
+        for mult in (2, 3, 4, 4):  # Conv5x5 -> max-pool 2 -> RMSNorm -> SiLU: 64 -> 32 -> 16 -> 8 -> 4
+            x = nn.silu(RMSNorm()(Conv(self.depth * mult, mode="pool", dtype=self.dtype)(x)))
         return x.reshape(*lead, -1)  # (..., 4*4*4*depth)
 
 
@@ -634,9 +700,9 @@ class Decoder(nn.Module):
         x0 = jnp.moveaxis(x0, -4, -2).reshape(*lead, sp, sp, c)  # channel index = k * C/8 + c'
         x1 = Linear(sp * sp * c, dtype=self.dtype)(NormAct(2 * self.units, self.dtype)(zf)).reshape(*lead, sp, sp, c)
         x = nn.silu(RMSNorm()(x0 + x1)).reshape(-1, sp, sp, c)  # (N, 4, 4, 4d)
-        for mult in (4, 3, 2):
-            x = nn.silu(RMSNorm()(Conv(self.depth * mult, dtype=self.dtype)(upsample2(x))))  # 4 -> 8 -> 16 -> 32
-        x = Conv(self.out_shape[-1], dtype=self.dtype)(upsample2(x))  # (N, 64, 64, 3)
+        for mult in (4, 3, 2):  # upsample -> Conv5x5 -> RMSNorm -> SiLU: 4 -> 8 -> 16 -> 32
+            x = nn.silu(RMSNorm()(Conv(self.depth * mult, mode="up", dtype=self.dtype)(x)))
+        x = Conv(self.out_shape[-1], mode="up", dtype=self.dtype)(x)  # (N, 64, 64, 3)
         return jax.nn.sigmoid(x.astype(jnp.float32)).reshape(*lead, *self.out_shape)  # in [0, 1]
 
 
@@ -743,6 +809,12 @@ def actor_dist(out, discrete: bool, unimix: float):
 # ======================================================================================================================
 
 
+def agc_clip(g, p, agc: float, pmin: float = 1e-3):
+    """Adaptive gradient clipping of one tensor: g / max(1, ||g|| / (agc * max(pmin, ||p||)))."""
+    limit = agc * jnp.maximum(pmin, jnp.linalg.norm(p.ravel()))
+    return g / jnp.maximum(1.0, jnp.linalg.norm(g.ravel()) / limit)
+
+
 class LaPropState(flax.struct.PyTreeNode):
     count: jnp.ndarray  # updates so far
     nu: Any  # EMA of g^2
@@ -763,11 +835,7 @@ def laprop(lr: float, eps: float, agc: float, warmup: int, beta1: float = 0.9, b
         return LaPropState(count=jnp.zeros((), jnp.int32), nu=zeros(), mu=zeros())
 
     def update(grads, state, params):
-        def clip(g, p):
-            limit = agc * jnp.maximum(pmin, jnp.linalg.norm(p.ravel()))
-            return g / jnp.maximum(1.0, jnp.linalg.norm(g.ravel()) / limit)
-
-        grads = jax.tree.map(clip, grads, params)
+        grads = jax.tree.map(lambda g, p: agc_clip(g, p, agc, pmin), grads, params)
         n = state.count + 1
         nu = jax.tree.map(lambda v, g: beta2 * v + (1 - beta2) * g * g, state.nu, grads)
         u = jax.tree.map(lambda g, v: g / (jnp.sqrt(v / (1 - beta2**n)) + eps), grads, nu)
@@ -826,9 +894,9 @@ class Replay:
             self.data[k][envs, self.pos] = v
         self.pos = (self.pos + 1) % self.capacity
         self.count += 1
-        for e in envs:  # queue each new non-overlapping window once
+        for e in envs:  # queue each new non-overlapping window once (by its absolute start step)
             if self.count[e] >= self.length and self.count[e] % self.length == 0:
-                self.queue.append((e, (self.pos[e] - self.length) % self.capacity))
+                self.queue.append((e, self.count[e] - self.length))
 
     def ready(self) -> bool:
         return bool(np.all(self.count >= self.length))
@@ -838,9 +906,12 @@ class Replay:
         starts = np.zeros(batch, np.int64)
         env = np.zeros(batch, np.int64)
         valid = np.minimum(self.count, self.capacity) - self.length + 1  # window starts per env
+        while self.queue and self.queue[0][1] < self.count[self.queue[0][0]] - self.capacity:
+            self.queue.popleft()  # drop queued windows that have been overwritten since
         for b in range(batch):
             if self.queue:
-                env[b], starts[b] = self.queue.popleft()
+                env[b], start = self.queue.popleft()
+                starts[b] = start % self.capacity
             else:
                 env[b] = self.rng.choice(self.num_envs, p=valid / valid.sum())
                 oldest = (self.pos[env[b]] - min(self.count[env[b]], self.capacity)) % self.capacity
@@ -864,10 +935,20 @@ class Replay:
         }
 
     def load_state_dict(self, state: dict):
-        for k in self.data:
-            self.data[k][...] = state["data"][k]
-        self.pos[...], self.count[...] = state["pos"], state["count"]
-        self.queue = deque((int(e), int(s)) for e, s in state["queue"])
+        old_capacity = state["data"]["reward"].shape[1]
+        if old_capacity == self.capacity:
+            for k in self.data:
+                self.data[k][...] = state["data"][k]
+            self.pos[...], self.count[...] = state["pos"], state["count"]
+            self.queue = deque((int(e), int(s)) for e, s in state["queue"])
+            return
+        for e in range(self.num_envs):  # another capacity (e.g. a longer run): keep the newest steps in order
+            n = int(min(state["count"][e], old_capacity))
+            order = ((state["pos"][e] - n + np.arange(n)) % old_capacity)[-self.capacity :]
+            for k in self.data:
+                self.data[k][e, : len(order)] = state["data"][k][e, order]
+            self.pos[e], self.count[e] = len(order) % self.capacity, len(order)
+        self.queue = deque()
 
 
 # ======================================================================================================================
@@ -1480,10 +1561,6 @@ def main(args: Args):
         episodes_ach = json.loads(saved["episodes_ach"])
         if os.path.isfile(args.resume + ".replay.npz"):
             with np.load(args.resume + ".replay.npz") as f:
-                if f["data_reward"].shape[1] != replay.capacity:  # THICK fix: --total-timesteps may change on resume
-                    replay = Replay(f["data_reward"].shape[1], args.num_envs, args.batch_length + 1,
-                                    envs.single_observation_space, agent.act_dim, agent.deter, agent.stoch, args.seed,
-                                    agent.ctx)  # fmt: skip
                 replay.load_state_dict({"data": {k[5:]: f[k] for k in f.files if k.startswith("data_")},
                                         "pos": f["pos"], "count": f["count"], "queue": f["queue"]})  # fmt: skip
         print(f"resumed from {args.resume} at global_step={global_step}, updates={int(state.updates)}, replay={len(replay)}")
