@@ -423,11 +423,11 @@ def upsample_conv5x5(x, kernel, bias):
 
 
 class Conv(nn.Module):
-    """5x5 stride-1 'SAME' convolution with bias, NHWC; mode 'pool' adds a 2x2 max-pool after it, 'up' a nearest 2x
-    upsampling before it (both computed by the exact reformulations above)."""
+    """5x5 stride-1 'SAME' convolution with bias, NHWC; mode 'pool' adds a 2x2 max-pool after it (encoder), 'up' a
+    nearest 2x upsampling before it (decoder); both computed by the exact reformulations above."""
 
     channels: int
-    mode: str = "same"
+    mode: str  # "pool" or "up"
     outscale: float = 1.0
     dtype: Any = jnp.float32
 
@@ -438,10 +438,7 @@ class Conv(nn.Module):
         x = x.astype(self.dtype)
         if self.mode == "pool":
             return conv5x5_maxpool(x, k, bias)
-        if self.mode == "up":
-            return upsample_conv5x5(x, k, bias)
-        y = jax.lax.conv_general_dilated(x, k.astype(self.dtype), (1, 1), "SAME", dimension_numbers=_DN)
-        return y + bias.astype(self.dtype)
+        return upsample_conv5x5(x, k, bias)
 
 
 class RMSNorm(nn.Module):

@@ -123,10 +123,13 @@ def test_percentile_ema_from_zero():
     state, scale = D.percentile_update(jnp.zeros(2), ret)
     np.testing.assert_allclose(state, [0.01 * 0.5, 0.01 * 9.5], rtol=1e-5)
     assert float(scale) == 1.0  # max(1, hi - lo) is 1 on the first updates
-    big = jnp.linspace(0, 1000, 101)
+    big = jnp.linspace(0, 1000, 101)  # P5 = 50, P95 = 950
     for _ in range(500):
         state, scale = D.percentile_update(state, big)
-    assert float(scale) == pytest.approx(900 * (1 - 0.99**501) + 9 * 0.99**500 * 0.01 * 0, rel=2e-2)
+    decay = 0.99**500  # x_n = (1 - decay) * target + decay * x_0
+    lo, hi = (1 - decay) * 50 + decay * 0.005, (1 - decay) * 950 + decay * 0.095
+    np.testing.assert_allclose(state, [lo, hi], rtol=1e-4)
+    assert float(scale) == pytest.approx(hi - lo, rel=1e-4)
 
 
 def test_agc_bound():
