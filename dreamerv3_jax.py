@@ -358,16 +358,21 @@ class BlockLinear(nn.Module):
 
 
 # XLA's CPU convolutions are slow at these shapes (shared/notes/cpu-performance.md): a 5x5 conv on 3 input channels runs
-# at a tenth of the matmul rate, the max-pool backward costs as much as the conv, and the weight gradient of a conv is
-# not sent to the fast matmul library. Three exact reformulations (same parameters, same outputs; tested against the
-# plain forms in tests/test_dreamerv3.py) make the encoder + decoder convolutions about 1.4-1.8x faster:
-#   im2col:        stack the 25 shifted copies of the padded input on the channel axis -> one matmul (K = 25 cin);
-#                  both gradients are then plain matmuls too.
+# at a tenth of the matmul rate, the max-pool backward costs as much as the conv, and the weight gradient of a conv runs
+# at ~16 GFLOP/s (profiled: benchmark/dreamerv3_profile.py). Exact reformulations (same parameters, same outputs;
+# tested against the plain forms in tests/test_dreamerv3.py) roughly halve the encoder + decoder time:
+#   im2col:        stack the 9 shifted copies of the padded input on the channel axis -> one matmul (K = 9 cin);
+#                  both gradients are then plain matmuls too. The copies cost memory traffic, so im2col only pays
+#                  when the matmul is wide; a narrow output (the decoder's last layer: 12 = 4 phases x 3 colours)
+#                  goes to XLA's conv instead.
 #   conv + pool:   fold each 2x2 pixel block into channels (space-to-depth). The 4 output phases of a 5x5 conv at full
 #                  resolution are then one 3x3 conv at half resolution (4 cin -> 4 cout, re-arranged weights), and the
-#                  2x2 max-pool is a max over the 4 phases.
+#                  2x2 max-pool is a max over the 4 phases. Used up to 48 input channels; wider inputs (the last
+#                  encoder layer, 8x8) use XLA's conv directly.
 #   up + conv:     a 5x5 conv after nearest 2x upsampling equals, per output phase, a 3x3 conv on the low-resolution map
 #                  ("sub-pixel" conv, 2.8x fewer FLOPs); the 4 phases interleave into the high-resolution output.
+# Measured effect at 12m, batch 16 x 64, 1 thread: decoder forward 11.3 s -> 5.0 s, encoder conv 3 weight gradient
+# 2.3 s -> im2col matmuls (README, "Speed").
 _DN = ("NHWC", "HWIO", "NHWC")
 
 
@@ -401,7 +406,7 @@ def conv5x5_maxpool(x, kernel, bias):
     """== maxpool2(conv5x5_same(x) + bias), (B, H, W, C) -> (B, H/2, W/2, cout)."""
     b, h, w, c = x.shape
     cout = kernel.shape[-1]
-    if c > 32:  # wide inputs: XLA's conv is fine; the pool as a reshape-max (its backward is cheap)
+    if c > 48:  # wide inputs: XLA's conv is fine; the pool as a reshape-max (its backward is cheap)
         y = jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), "SAME", dimension_numbers=_DN)
         return maxpool2(y) + bias.astype(x.dtype)
     xs = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h // 2, w // 2, 4 * c)  # s2d
@@ -418,7 +423,11 @@ def upsample_conv5x5(x, kernel, bias):
     t = _phase_taps_up()
     k3 = jnp.einsum("auy,bvx,yxio->uviabo", t, t, kernel.astype(jnp.float32), precision="highest")
     k3 = k3.reshape(3, 3, cin, 4 * cout).astype(x.dtype)
-    y = conv_im2col(x, k3).reshape(b, h, w, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, cout)
+    if 4 * cout < cin:  # narrow output (last decoder layer): XLA's conv beats copying 9 x cin input channels
+        y = jax.lax.conv_general_dilated(x, k3, (1, 1), "SAME", dimension_numbers=_DN)
+    else:
+        y = conv_im2col(x, k3)  # (B, h, w, 4 cout): the 4 output phases
+    y = y.reshape(b, h, w, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, cout)
     return y + bias.astype(x.dtype)
 
 

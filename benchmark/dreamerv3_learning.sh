@@ -6,13 +6,15 @@
 set -euo pipefail
 case "${1:-cartpole}" in
   cartpole)
-    # the 'debug' preset with 16 x 32 batches, train ratio 128 (0.25 updates per step) and lr 1e-4: CPU-sized
+    # the 'debug' preset with 16 x 32 batches, train ratio 256 (0.5 updates per step) and lr 3e-4: CPU-sized
     python dreamerv3_jax.py --env-id CartPole-v1 --model-size debug --batch-size 16 --batch-length 32 \
-      --train-ratio 128 --learning-rate 1e-4 --total-timesteps 30000 --log-every 1000 --exp-name dreamerv3_cartpole_debug
+      --train-ratio 256 --learning-rate 3e-4 --total-timesteps 30000 --log-every 1000 --exp-name dreamerv3_cartpole_debug
     ;;
   crafter)
-    python dreamerv3_jax.py --env-id crafter --model-size 1m --batch-size 16 --batch-length 32 --train-ratio 32 \
-      --total-timesteps 100000 --log-every 2000 --exp-name dreamerv3_crafter_1m
+    # the '1m' preset, batch 16 x 32, train ratio 16 (1 update per 32 steps), lr 1e-4 with a 100-update warm-up:
+    # sized for about an hour on one CPU core (one update takes ~2.7 s there)
+    python dreamerv3_jax.py --env-id crafter --model-size 1m --batch-size 16 --batch-length 32 --train-ratio 16 \
+      --learning-rate 1e-4 --warmup 100 --total-timesteps 40000 --log-every 2000 --exp-name dreamerv3_crafter_1m
     ;;
   plot)
     python benchmark/plot_curves.py --runs "runs/CartPole-v1__dreamerv3_cartpole_debug*" --labels "DreamerV3 debug" \

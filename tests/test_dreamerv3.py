@@ -356,7 +356,8 @@ def test_corrupt_checkpoint_is_one_line_error(tmp_path):
     assert out.returncode == 2 and "corrupt" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("cin,cout,size", [(3, 8, 16), (8, 12, 8), (40, 8, 8)])
+# covers both branches of each: s2d + im2col (cin <= 48) or XLA conv + pool; im2col or XLA conv (4 cout < cin)
+@pytest.mark.parametrize("cin,cout,size", [(3, 8, 16), (8, 12, 8), (40, 8, 8), (56, 3, 8)])
 def test_fast_convolutions_equal_plain_forms(cin, cout, size):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(2, size, size, cin)), jnp.float32)
