@@ -371,8 +371,8 @@ class BlockLinear(nn.Module):
 #                  encoder layer, 8x8) use XLA's conv directly.
 #   up + conv:     a 5x5 conv after nearest 2x upsampling equals, per output phase, a 3x3 conv on the low-resolution map
 #                  ("sub-pixel" conv, 2.8x fewer FLOPs); the 4 phases interleave into the high-resolution output.
-# Measured effect at 12m, batch 16 x 64, 1 thread: decoder forward 11.3 s -> 5.0 s, encoder conv 3 weight gradient
-# 2.3 s -> im2col matmuls (README, "Speed").
+# The per-layer choices come from a per-op trace of the 12m update (`python benchmark/dreamerv3_profile.py --size 12m
+# --parts full --trace 30`; README, "Speed").
 _DN = ("NHWC", "HWIO", "NHWC")
 
 

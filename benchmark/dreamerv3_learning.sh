@@ -13,7 +13,7 @@ case "${1:-cartpole}" in
     ;;
   crafter)
     # the '1m' preset, batch 16 x 32, train ratio 16 (1 update per 32 steps), lr 1e-4 with a 100-update warm-up:
-    # sized for about an hour on one CPU core (one update takes ~2.7 s there)
+    # one update takes ~2.7 s on one CPU core, so the 40k steps take ~1.5 h there (the README's run stopped at 19k)
     python dreamerv3_jax.py --env-id crafter --model-size 1m --batch-size 16 --batch-length 32 --train-ratio 16 \
       --learning-rate 1e-4 --warmup 100 --total-timesteps 40000 --log-every 2000 --exp-name dreamerv3_crafter_1m
     ;;

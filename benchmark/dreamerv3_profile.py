@@ -2,16 +2,21 @@
 own, forward + backward where the full update differentiates it) next to the full train step.
 
     python benchmark/dreamerv3_profile.py --size 12m                      # Crafter shapes, batch 16 x 64, float32
-    XLA_FLAGS=... python benchmark/dreamerv3_profile.py --size 12m        # compare XLA CPU flags
+    XLA_FLAGS=... python benchmark/dreamerv3_profile.py --size 12m --parts full   # compare XLA CPU flags
+    python benchmark/dreamerv3_profile.py --size 12m --parts full --trace 30       # + the 30 slowest XLA ops of one update
 
 The parts overlap a little with the full step (XLA fuses across them there), so they need not sum to it exactly.
 """
 
 import argparse
+import collections
+import glob
 import json
 import os
+import re
 import resource
 import sys
+import tempfile
 import time
 
 import gymnasium as gym
@@ -33,6 +38,31 @@ def timeit(f, *xs, reps=3):
     return float(np.median(ts))
 
 
+def print_slowest_ops(agent, state, batch, key, n):
+    """Trace one update with jax.profiler and print its n slowest XLA ops with their shape and JAX source op."""
+    from jax.profiler import ProfileData
+
+    meta = {}  # HLO instruction name -> (result shape, op_name metadata)
+    for line in agent.train_step.lower(state, batch, key).compile().as_text().splitlines():
+        m = re.match(r'\s*(?:ROOT )?%?([\w.\-]+) = (\S+) .*?op_name="([^"]*)"', line)
+        if m:
+            meta[m.group(1)] = (m.group(2), m.group(3))
+    with tempfile.TemporaryDirectory() as logdir:
+        jax.profiler.start_trace(logdir)
+        jax.block_until_ready(agent.train_step(state, batch, key))
+        jax.profiler.stop_trace()
+        data = ProfileData.from_file(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0])
+    seconds = collections.Counter()
+    for plane in data.planes:
+        for line in plane.lines:
+            for ev in line.events:
+                if ev.name in meta:
+                    seconds[ev.name] += ev.duration_ns / 1e9
+    for name, sec in seconds.most_common(n):
+        shape, op = meta[name]
+        print(f"{sec:7.3f} s  {name:28s} {shape[:40]:40s} {op[-90:]}")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--size", default="12m")
@@ -41,6 +71,7 @@ def main():
     p.add_argument("--length", type=int, default=64)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--parts", nargs="+", default=["enc", "dec", "observe", "imagine", "heads", "full"])
+    p.add_argument("--trace", type=int, default=0, help="with 'full': print the N slowest XLA ops of one traced update")
     a = p.parse_args()
     args = d.check_args(d.Args(env_id="crafter", model_size=a.size, compute_dtype=a.dtype, batch_size=a.batch,
                                batch_length=a.length, total_timesteps=10**6))  # fmt: skip
@@ -117,6 +148,8 @@ def main():
             jax.block_until_ready(st)
             ts.append(time.perf_counter() - t0)
         out["full_update_s"] = float(np.median(ts))
+        if a.trace:
+            print_slowest_ops(agent, st, batch, key, a.trace)
     out = {k: round(v, 3) for k, v in out.items()}
     out |= {"size": a.size, "dtype": a.dtype, "batch": f"{b}x{t}", "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}  # fmt: skip

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # THICK Dreamer on CartPole-v1 with the DreamerV3 CartPole config (benchmark/dreamerv3_learning.sh cartpole): debug
 # preset, batch 16 x 32, train ratio 256, lr 3e-4; 20k env steps. Run from the repository root; curves from runs/.
-#   bash benchmark/thick_cartpole.sh            # SEEDS="1 2" for more seeds; THREADS=1 pins XLA to one thread
+#   bash benchmark/thick_cartpole.sh            # SEEDS="1 2" for more seeds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEEDS="${SEEDS:-1}"
