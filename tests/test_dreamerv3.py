@@ -251,6 +251,12 @@ def test_train_step_reduces_loss_and_keeps_shapes():
         assert bool(metrics["finite"])
     assert deter.shape == (2, 4, agent.deter) and stoch.shape == (2, 4, agent.stoch) and int(state.updates) == 30
     assert losses[-1] < 0.8 * losses[0]  # constant images: the decoder quickly learns them
+    # a non-finite loss: the update is skipped (state kept) and the offending term is named for the host's error message
+    bad = dict(batch, reward=np.full_like(batch["reward"], np.nan))
+    before = [np.asarray(x) for x in jax.tree.leaves(state.params)]  # copies: the state's buffers are donated
+    state, metrics, _ = agent.train_step(state, bad, jax.random.PRNGKey(99))
+    assert not bool(metrics["finite"]) and not bool(metrics["finite/wm_reward"]) and bool(metrics["finite/wm_recon"])
+    assert int(state.updates) == 30 and all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params), before))
 
 
 def test_replay_windows_queue_and_latent_writeback():
