@@ -22,9 +22,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from thick_sparsity import alignment  # noqa: E402
+
 import common  # noqa: E402
 import thick_dreamer_jax as td  # noqa: E402
-from thick_sparsity import alignment  # noqa: E402
 
 
 def rollout(agent, params, steps: int, seed: int, noise: float):

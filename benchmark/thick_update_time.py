@@ -29,10 +29,13 @@ def main():
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--batch-length", type=int, default=64)
     ap.add_argument("--updates", type=int, default=3)
+    ap.add_argument("--coarse-dec-depth", type=int, default=0, help="THICK only: coarse decoder depth (0: the fine one's)")
     ap.add_argument("--out", default="benchmark/results/thick_update_time.jsonl")
     a = ap.parse_args()
     mod = importlib.import_module(a.script)
     args = mod.Args(env_id="crafter", model_size=a.model_size, batch_size=a.batch_size, batch_length=a.batch_length)
+    if a.coarse_dec_depth:
+        args.coarse_dec_depth = a.coarse_dec_depth
     obs_space, act_space = gym.spaces.Box(0, 255, (64, 64, 3), np.uint8), gym.spaces.Discrete(17)
     agent = mod.Agent(args, obs_space, act_space)
     state = agent.init(jax.random.PRNGKey(0))
@@ -58,7 +61,8 @@ def main():
         times.append(time.time() - t0)
     rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-    rec = {"script": a.script, "model_size": a.model_size, "batch": [a.batch_size, a.batch_length], "params": params,
+    name = a.script + (f" --coarse-dec-depth {a.coarse_dec_depth}" if a.coarse_dec_depth else "")
+    rec = {"script": name, "model_size": a.model_size, "batch": [a.batch_size, a.batch_length], "params": params,
            "compile_s": round(compile_s, 1), "update_s": [round(t, 2) for t in times[1:]],
            "update_s_median": round(float(np.median(times[1:])), 2), "peak_rss_gib": round(rss_gib, 2),
            "load_avg": os.getloadavg(), "time": time.strftime("%Y-%m-%d %H:%M:%S"), "jax": jax.__version__}  # fmt: skip

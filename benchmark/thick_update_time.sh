@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # Update time, compile time and peak RSS: dreamerv3_jax.py vs thick_dreamer_jax.py at the same size (Crafter shapes).
 # One process per measurement; base and THICK alternate so both see similar machine load. Results are appended to
-# benchmark/results/thick_update_time.jsonl and summarised into thick_update_time.md.
+# benchmark/results/thick_update_time.jsonl and summarised into thick_update_time.md (each THICK row against the
+# DreamerV3 row measured just before it).
+#   bash benchmark/thick_update_time.sh                          # 12m, batch 16 x 64
+#   COARSE_DEC_DEPTH=4 bash benchmark/thick_update_time.sh       # + THICK with the cheaper coarse decoder (depth 4)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SIZE="${SIZE:-12m}"; BATCH="${BATCH:-8}"; LENGTH="${LENGTH:-64}"; UPDATES="${UPDATES:-3}"; REPEATS="${REPEATS:-1}"
+SIZE="${SIZE:-12m}"; BATCH="${BATCH:-16}"; LENGTH="${LENGTH:-64}"; UPDATES="${UPDATES:-3}"; REPEATS="${REPEATS:-1}"
+COARSE_DEC_DEPTH="${COARSE_DEC_DEPTH:-0}"
+run() {
+  .venv/bin/python benchmark/thick_update_time.py --model-size "$SIZE" --batch-size "$BATCH" --batch-length "$LENGTH" \
+    --updates "$UPDATES" "$@"
+}
 for _ in $(seq "$REPEATS"); do
-  for script in dreamerv3_jax thick_dreamer_jax; do
-    .venv/bin/python benchmark/thick_update_time.py --script "$script" --model-size "$SIZE" --batch-size "$BATCH" \
-      --batch-length "$LENGTH" --updates "$UPDATES"
-  done
+  run --script dreamerv3_jax
+  run --script thick_dreamer_jax
+  if [ "$COARSE_DEC_DEPTH" != 0 ]; then run --script thick_dreamer_jax --coarse-dec-depth "$COARSE_DEC_DEPTH"; fi
 done
 .venv/bin/python - <<'PY'
 import json
@@ -19,14 +26,16 @@ rows = ["| script | size | batch | params | compile s | s / update (median) | pe
 for r in recs:
     rows.append(f"| {r['script']} | {r['model_size']} | {r['batch'][0]}x{r['batch'][1]} | {r['params']:,} | {r['compile_s']} | "
                 f"{r['update_s_median']} | {r['peak_rss_gib']} | {r['load_avg'][0]:.1f} | {r['time']} |")
-pairs = []
-for i in range(len(recs) - 1):
-    a, b = recs[i], recs[i + 1]
-    if a["script"] == "dreamerv3_jax" and b["script"] == "thick_dreamer_jax" and a["model_size"] == b["model_size"] and a["batch"] == b["batch"]:
-        pairs.append((b["update_s_median"] / a["update_s_median"], b["peak_rss_gib"] / a["peak_rss_gib"], b["compile_s"] / a["compile_s"], a))
-rows += ["", "| size | batch | update-time ratio THICK / DreamerV3 | peak-RSS ratio | compile-time ratio |", "|---|---|---|---|---|"]
-for t, m, c, a in pairs:
-    rows.append(f"| {a['model_size']} | {a['batch'][0]}x{a['batch'][1]} | {t:.2f} | {m:.2f} | {c:.2f} |")
+rows += ["", "| size | batch | THICK variant | update-time ratio THICK / DreamerV3 | peak-RSS ratio | compile-time ratio |",
+         "|---|---|---|---|---|---|"]
+base = None
+for r in recs:  # each THICK record against the latest DreamerV3 record of the same size and batch
+    if r["script"] == "dreamerv3_jax":
+        base = r
+    elif base and base["model_size"] == r["model_size"] and base["batch"] == r["batch"]:
+        rows.append(f"| {r['model_size']} | {r['batch'][0]}x{r['batch'][1]} | {r['script']} | "
+                    f"{r['update_s_median'] / base['update_s_median']:.2f} | {r['peak_rss_gib'] / base['peak_rss_gib']:.2f} | "
+                    f"{r['compile_s'] / base['compile_s']:.2f} |")
 open("benchmark/results/thick_update_time.md", "w").write("\n".join(rows) + "\n")
 print("\n".join(rows))
 PY

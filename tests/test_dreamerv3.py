@@ -256,7 +256,8 @@ def test_train_step_reduces_loss_and_keeps_shapes():
     before = [np.asarray(x) for x in jax.tree.leaves(state.params)]  # copies: the state's buffers are donated
     state, metrics, _ = agent.train_step(state, bad, jax.random.PRNGKey(99))
     assert not bool(metrics["finite"]) and not bool(metrics["finite/wm_reward"]) and bool(metrics["finite/wm_recon"])
-    assert int(state.updates) == 30 and all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params), before))
+    after = jax.tree.leaves(state.params)
+    assert int(state.updates) == 30 and all(np.array_equal(a, b) for a, b in zip(after, before, strict=True))
 
 
 def test_replay_windows_queue_and_latent_writeback():
