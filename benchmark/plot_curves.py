@@ -43,6 +43,7 @@ def main():
     p.add_argument("--title", default="")
     p.add_argument("--smooth", type=int, default=10)
     p.add_argument("--baseline", type=float, default=None, help="horizontal line, e.g. the random policy's return")
+    p.add_argument("--bin", type=int, default=0, help="also print mean +- standard error per bin of this many env steps")
     a = p.parse_args()
     fig, ax = plt.subplots(figsize=(6, 4))
     summary = []
@@ -57,6 +58,14 @@ def main():
             tail = y[-max(1, len(y) // 10) :]
             summary.append({"run": run, "label": label, "points": len(y), "last_step": int(x[-1]),
                             "final_mean": float(tail.mean()), "max": float(y.max())})  # fmt: skip
+            if a.bin:  # episodes grouped by the env step at which they ended
+                rows = []
+                for lo in range(0, int(x[-1]) + 1, a.bin):
+                    v = y[(x >= lo) & (x < lo + a.bin)]
+                    if len(v):
+                        sem = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
+                        rows.append(f"{lo // 1000}-{(lo + a.bin) // 1000}k: {v.mean():.2f} +- {sem:.2f} (n={len(v)})")
+                summary[-1]["bins"] = rows
     if a.baseline is not None:
         ax.axhline(a.baseline, color="gray", linestyle="--", label="random policy")
     ax.set_xlabel("env steps")
