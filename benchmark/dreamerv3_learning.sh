@@ -3,6 +3,7 @@
 #   bash benchmark/dreamerv3_learning.sh cartpole   # CartPole-v1, target: average return >= 400 within 30k env steps
 #   bash benchmark/dreamerv3_learning.sh crafter    # short Crafter run, compared with a random policy (return 1.52 over
 #                                                   # 50 episodes: python benchmark/random_baseline.py --env-id crafter)
+#   LR=1e-4 bash benchmark/dreamerv3_learning.sh crafter_r32   # train ratio 32 (README: the lr 3e-4 run collapsed)
 #   bash benchmark/dreamerv3_learning.sh plot
 set -euo pipefail
 case "${1:-cartpole}" in
@@ -16,6 +17,14 @@ case "${1:-cartpole}" in
     # one update takes ~2.7 s on one CPU core, so the 40k steps take ~1.5 h there (the README's run stopped at 19k)
     python dreamerv3_jax.py --env-id crafter --model-size 1m --batch-size 16 --batch-length 32 --train-ratio 16 \
       --learning-rate 1e-4 --warmup 100 --total-timesteps 40000 --log-every 2000 --exp-name dreamerv3_crafter_1m
+    ;;
+  crafter_r32)
+    # second session: train ratio 32 (1 update per 16 steps), LR=3e-4 (the CartPole rate) or LR=1e-4; 1 thread per run so
+    # that the THICK run with the same flags (thick_dreamer_jax.py ... --sparse-scale 1.0) can use the other core
+    XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
+    python dreamerv3_jax.py --env-id crafter --model-size 1m --batch-size 16 --batch-length 32 --train-ratio 32 \
+      --learning-rate "${LR:-3e-4}" --warmup 100 --total-timesteps 60000 --log-every 2000 --checkpoint-every 4000 \
+      --no-checkpoint-replay --save-model --eval-episodes 5 --seed 1 --exp-name "dreamerv3_crafter_1m_r32_lr${LR:-3e-4}"
     ;;
   plot)
     python benchmark/plot_curves.py --runs "runs/CartPole-v1__dreamerv3_cartpole_debug*" --labels "DreamerV3 debug" \

@@ -8,13 +8,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${STEPS:-12000}
+# BF16=1: the same runs under --bf16-autocast (exp name and log get a _bf16 suffix); LEVELS_LIST="1" for one level only
+if [ "${BF16:-0}" = 1 ]; then EXTRA="--bf16-autocast"; TAG="_bf16"; else EXTRA=""; TAG=""; fi
 for SEED in ${SEEDS:-1}; do
-  for LEVELS in 1 3; do
+  for LEVELS in ${LEVELS_LIST:-1 3}; do
     OMP_NUM_THREADS=1 .venv/bin/python hieros_s5_torch.py --env-id CartPole-v1 --model-size small --num-envs 8 \
-      --max-hierarchy "$LEVELS" --exp-name "hieros_cartpole_L$LEVELS" --seed "$SEED" --total-timesteps "$STEPS" \
+      --max-hierarchy "$LEVELS" --exp-name "hieros_cartpole_L$LEVELS$TAG" --seed "$SEED" --total-timesteps "$STEPS" \
       --batch-size 8 --batch-length 16 --train-ratio 32 --model-lr 3e-4 --model-warmup 100 --actor-lr 1e-4 \
-      --critic-lr 1e-4 --threads 1 --log-every 50 --progress-every 500 --save-model --eval-episodes 10 \
-      > "benchmark/results/hieros_cartpole_L${LEVELS}_s${SEED}.log" 2>&1 &
+      --critic-lr 1e-4 --threads 1 --log-every 50 --progress-every 500 --save-model --eval-episodes 10 $EXTRA \
+      > "benchmark/results/hieros_cartpole_L${LEVELS}${TAG}_s${SEED}.log" 2>&1 &
   done
 done
 wait
