@@ -19,8 +19,8 @@ case "${1:-cartpole}" in
       --learning-rate 1e-4 --warmup 100 --total-timesteps 40000 --log-every 2000 --exp-name dreamerv3_crafter_1m
     ;;
   crafter_r32)
-    # second session: train ratio 32 (1 update per 16 steps), LR=3e-4 (the CartPole rate) or LR=1e-4; 1 thread per run so
-    # that the THICK run with the same flags (thick_dreamer_jax.py ... --sparse-scale 1.0) can use the other core
+    # train ratio 32 (1 update per 16 steps), LR=3e-4 (the CartPole rate; its actor entropy collapses) or LR=1e-4; one
+    # XLA thread, so a THICK run with the same flags (thick_dreamer_jax.py ... --sparse-scale 1.0) can use the other core
     XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
     python dreamerv3_jax.py --env-id crafter --model-size 1m --batch-size 16 --batch-length 32 --train-ratio 32 \
       --learning-rate "${LR:-3e-4}" --warmup 100 --total-timesteps 60000 --log-every 2000 --checkpoint-every 4000 \
