@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Learning benchmarks of dreamerv3_jax.py (CPU-sized). Run from the repository root; curves are read back from runs/.
 #   bash benchmark/dreamerv3_learning.sh cartpole   # CartPole-v1, target: average return >= 400 within 30k env steps
-#   bash benchmark/dreamerv3_learning.sh crafter    # short Crafter run, compared with a random policy (return 1.52 over
-#                                                   # 50 episodes: python benchmark/random_baseline.py --env-id crafter)
+#   bash benchmark/dreamerv3_learning.sh crafter    # short Crafter run, compared with a random policy (return 1.37 over
+#                                                   # 200 episodes: benchmark/results/crafter_random.json, made by
+#                                                   # python benchmark/random_baseline.py --env-id crafter --episodes 200 --seed 1000)
 #   LR=1e-4 bash benchmark/dreamerv3_learning.sh crafter_r32   # train ratio 32 (README: the lr 3e-4 run collapsed)
 #   bash benchmark/dreamerv3_learning.sh plot
 set -euo pipefail
@@ -20,7 +21,9 @@ case "${1:-cartpole}" in
     ;;
   crafter_r32)
     # train ratio 32 (1 update per 16 steps), LR=3e-4 (the CartPole rate; its actor entropy collapses) or LR=1e-4; one
-    # XLA thread, so a THICK run with the same flags (thick_dreamer_jax.py ... --sparse-scale 1.0) can use the other core
+    # XLA thread, so a THICK run with the same flags (thick_dreamer_jax.py ... --sparse-scale 1.0) can use the other core.
+    # A run stopped for time continues with the same command plus --resume runs/<run>/checkpoint.ckpt (README's lr 1e-4
+    # run: 20k steps in one session, resumed for 20k -> 60k in the next; the replay was not checkpointed, so it refilled)
     XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
     python dreamerv3_jax.py --env-id crafter --model-size 1m --batch-size 16 --batch-length 32 --train-ratio 32 \
       --learning-rate "${LR:-3e-4}" --warmup 100 --total-timesteps 60000 --log-every 2000 --checkpoint-every 4000 \
@@ -32,10 +35,14 @@ case "${1:-cartpole}" in
     python benchmark/plot_curves.py --runs "runs/crafter__dreamerv3_crafter_1m__*" \
       "runs/crafter__dreamerv3_crafter_1m_r32_lr3e-4__*" "runs/crafter__dreamerv3_crafter_1m_r32_lr1e-4__*" \
       --labels "ratio 16, lr 1e-4" "ratio 32, lr 3e-4" "ratio 32, lr 1e-4" --smooth 20 --bin 4000 \
-      --out benchmark/results/dreamerv3_crafter.png --title "dreamerv3_jax.py, Crafter, 1m, batch 16x32" --baseline 1.52
+      --out benchmark/results/dreamerv3_crafter.png --title "dreamerv3_jax.py, Crafter, 1m, batch 16x32" --baseline 1.37 \
+      > benchmark/results/dreamerv3_crafter.json
+    # success rates and score of the training episodes per 12k-step window, against the random policy's
+    python benchmark/crafter_window.py "runs/crafter__dreamerv3_crafter_1m_r32_lr1e-4__*" --window 12000 \
+      --random benchmark/results/crafter_random.json > benchmark/results/dreamerv3_crafter_windows.json
     python benchmark/plot_curves.py --runs "runs/crafter__dreamerv3_crafter_1m_r32_lr3e-4__*" \
       "runs/crafter__thick_crafter_1m_r32__*" --labels "DreamerV3 1m, lr 3e-4" "THICK 1m, lr 3e-4, beta 1" --smooth 20 \
       --bin 4000 --out benchmark/results/crafter_1m_r32_lr3e-4.png --title "Crafter, 1m, batch 16x32, train ratio 32, lr 3e-4" \
-      --baseline 1.52 > benchmark/results/crafter_1m_r32_lr3e-4.json
+      --baseline 1.37 > benchmark/results/crafter_1m_r32_lr3e-4.json
     ;;
 esac

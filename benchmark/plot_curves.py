@@ -25,7 +25,16 @@ def load_scalars(run_dir: str, tag: str):
     if tag not in acc.Tags()["scalars"]:
         return np.zeros(0), np.zeros(0)
     events = acc.Scalars(tag)
-    return np.array([e.step for e in events]), np.array([e.value for e in events])
+    return drop_overwritten(np.array([e.step for e in events]), np.array([e.value for e in events]))
+
+
+def drop_overwritten(x, y):
+    """A run resumed from a checkpoint logs again from the checkpoint's step, so its directory holds two event files
+    that overlap. Where the steps go back, the earlier file's points from that step on were overwritten: drop them."""
+    keep = np.ones(len(x), bool)
+    for i in np.where(x[1:] < x[:-1])[0] + 1:
+        keep[:i] &= x[:i] < x[i]
+    return x[keep], y[keep]
 
 
 def smooth(y, window):

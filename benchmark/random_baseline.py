@@ -32,9 +32,12 @@ def main():
         if "achievements" in info:  # Crafter: unlock counts of the finished episode
             episodes_ach.append(info["achievements"])
     out = {"env_id": a.env_id, "episodes": a.episodes, "return_mean": round(float(np.mean(returns)), 3),
-           "return_std": round(float(np.std(returns)), 3)}  # fmt: skip
+           "return_std": round(float(np.std(returns)), 3),
+           "return_se": round(float(np.std(returns, ddof=1) / np.sqrt(len(returns))), 3)}  # fmt: skip
     if episodes_ach:
-        out["crafter_score"] = round(common.crafter_score(common.crafter_success_rates(episodes_ach)), 3)
+        rates = common.crafter_success_rates(episodes_ach)
+        out["crafter_score"] = round(common.crafter_score(rates), 3)
+        out["rates"] = {k: round(float(r), 1) for k, r in zip(common.CRAFTER_ACHIEVEMENTS, rates, strict=True) if r > 0}
     print(json.dumps(out))
 
 
