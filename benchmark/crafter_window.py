@@ -18,7 +18,7 @@ import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from plot_curves import drop_overwritten  # noqa: E402
+from plot_curves import scalars  # noqa: E402
 
 import common  # noqa: E402
 
@@ -32,11 +32,10 @@ def main():
     run = sorted(glob.glob(a.run))[-1]
     acc = EventAccumulator(run, size_guidance={"scalars": 0})
     acc.Reload()
-    scalars = lambda tag: drop_overwritten(*map(np.array, zip(*[(e.step, e.value) for e in acc.Scalars(tag)], strict=True)))
-    steps, returns = scalars("charts/episodic_return")  # a resumed run's overwritten episodes are dropped
+    steps, returns = scalars(acc, "charts/episodic_return")  # a resumed run's overwritten episodes are dropped
     counts = []  # (episodes, achievements): cumulative unlock counts after each episode
     for name in common.CRAFTER_ACHIEVEMENTS:
-        rates = scalars(f"achievements/{name}")[1]
+        rates = scalars(acc, f"achievements/{name}")[1]
         n = np.arange(1, len(rates) + 1)
         counts.append(np.rint(rates * n / 100.0))
     counts = np.stack(counts, 1)

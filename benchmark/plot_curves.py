@@ -22,6 +22,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 def load_scalars(run_dir: str, tag: str):
     acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
     acc.Reload()
+    return scalars(acc, tag)
+
+
+def scalars(acc: EventAccumulator, tag: str):
+    """(steps, values) of one tag of a loaded accumulator; a resumed run's overwritten points are dropped."""
     if tag not in acc.Tags()["scalars"]:
         return np.zeros(0), np.zeros(0)
     events = acc.Scalars(tag)

@@ -299,3 +299,17 @@ def test_capture_video_records_env_zero(tmp_path, monkeypatch):
     assert list((tmp_path / "videos" / "vid").glob("*.mp4"))
     other = make_env("crafter", seed=0, idx=1, capture_video=True, run_name="vid2")()  # only env 0 records
     assert not isinstance(other.env, gym.wrappers.RecordVideo)
+
+
+def test_drop_overwritten_keeps_the_resumed_points():
+    # benchmark/plot_curves.py: a run resumed at step 6 re-logs from there; the first file's points >= 6 are dropped
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmark"))
+    from plot_curves import drop_overwritten
+
+    x = np.array([1, 5, 9, 12, 6, 8, 13])
+    kept_x, kept_y = drop_overwritten(x, 10 * x)
+    assert kept_x.tolist() == [1, 5, 6, 8, 13] and kept_y.tolist() == [10, 50, 60, 80, 130]
+    assert drop_overwritten(np.array([1, 2, 2, 3]), np.arange(4))[0].tolist() == [1, 2, 2, 3]  # no resume: unchanged
