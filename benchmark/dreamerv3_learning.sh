@@ -6,8 +6,12 @@
 #                                                   # python benchmark/random_baseline.py --env-id crafter --episodes 200 --seed 1000)
 #   LR=1e-4 bash benchmark/dreamerv3_learning.sh crafter_r32   # train ratio 32 (README: the lr 3e-4 run collapsed)
 #   bash benchmark/dreamerv3_learning.sh plot
+# Flags after the mode are passed on to the script and override the ones here (the last occurrence wins), e.g.
+#   LR=1e-4 bash benchmark/dreamerv3_learning.sh crafter_r32 --seed 2 --checkpoint-replay
 set -euo pipefail
-case "${1:-cartpole}" in
+MODE=${1:-cartpole}
+shift || true
+case "$MODE" in
   cartpole)
     # the 'debug' preset with 16 x 32 batches, train ratio 256 (0.5 updates per step) and lr 3e-4: CPU-sized
     python dreamerv3_jax.py --env-id CartPole-v1 --model-size debug --batch-size 16 --batch-length 32 \
@@ -27,7 +31,7 @@ case "${1:-cartpole}" in
     XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
     python dreamerv3_jax.py --env-id crafter --model-size 1m --batch-size 16 --batch-length 32 --train-ratio 32 \
       --learning-rate "${LR:-3e-4}" --warmup 100 --total-timesteps 60000 --log-every 2000 --checkpoint-every 4000 \
-      --no-checkpoint-replay --save-model --eval-episodes 5 --seed 1 --exp-name "dreamerv3_crafter_1m_r32_lr${LR:-3e-4}"
+      --no-checkpoint-replay --save-model --eval-episodes 5 --seed 1 --exp-name "dreamerv3_crafter_1m_r32_lr${LR:-3e-4}" "$@"
     ;;
   plot)
     python benchmark/plot_curves.py --runs "runs/CartPole-v1__dreamerv3_cartpole_debug*" --labels "DreamerV3 debug" \

@@ -613,3 +613,18 @@ def test_bad_input_is_one_line_exit_2(tmp_path, flags, words):
     proc = run_script(tmp_path, *flags, check=False)
     assert one_line_error(proc), proc.stderr
     assert words in proc.stderr
+
+
+@pytest.mark.slow
+def test_nonfinite_loss_stops_with_named_term_and_checkpoint(tmp_path):
+    # a learning rate of 1e30 blows the parameters up within a few updates: the run must stop at the next logging point
+    # with exit 1, one message naming the term, and the training state written for inspection
+    proc = run_script(tmp_path, "--env-id", "CartPole-v1", "--total-timesteps", "200", "--max-hierarchy", "1",
+                      "--learning-starts", "16", "--model-lr", "1e30", "--actor-lr", "1e30", "--critic-lr", "1e30",
+                      check=False)  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    (line,) = [x for x in proc.stderr.splitlines() if "non-finite" in x]
+    assert "losses/wm_loss_L0" in line
+    (ckpt,) = tmp_path.glob("runs/*/checkpoint_nonfinite.pt")
+    state = torch.load(ckpt, weights_only=False)
+    assert state["kind"] == "checkpoint" and state["n_updates"] >= 1
