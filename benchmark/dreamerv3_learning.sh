@@ -37,13 +37,16 @@ case "$MODE" in
     python benchmark/plot_curves.py --runs "runs/CartPole-v1__dreamerv3_cartpole_debug*" --labels "DreamerV3 debug" \
       --out benchmark/results/dreamerv3_cartpole.png --title "dreamerv3_jax.py, CartPole-v1" --baseline 22.3
     python benchmark/plot_curves.py --runs "runs/crafter__dreamerv3_crafter_1m__*" \
-      "runs/crafter__dreamerv3_crafter_1m_r32_lr3e-4__*" "runs/crafter__dreamerv3_crafter_1m_r32_lr1e-4__*" \
-      --labels "ratio 16, lr 1e-4" "ratio 32, lr 3e-4" "ratio 32, lr 1e-4" --smooth 20 --bin 4000 \
+      "runs/crafter__dreamerv3_crafter_1m_r32_lr3e-4__*" "runs/crafter__dreamerv3_crafter_1m_r32_lr1e-4__1__*" \
+      "runs/crafter__dreamerv3_crafter_1m_r32_lr1e-4__2__*" \
+      --labels "ratio 16, lr 1e-4" "ratio 32, lr 3e-4" "ratio 32, lr 1e-4" "ratio 32, lr 1e-4, seed 2" --smooth 20 --bin 4000 \
       --out benchmark/results/dreamerv3_crafter.png --title "dreamerv3_jax.py, Crafter, 1m, batch 16x32" --baseline 1.37 \
       > benchmark/results/dreamerv3_crafter.json
     # success rates and score of the training episodes per 12k-step window, against the random policy's
-    python benchmark/crafter_window.py "runs/crafter__dreamerv3_crafter_1m_r32_lr1e-4__*" --window 12000 \
+    python benchmark/crafter_window.py "runs/crafter__dreamerv3_crafter_1m_r32_lr1e-4__1__*" --window 12000 \
       --random benchmark/results/crafter_random.json > benchmark/results/dreamerv3_crafter_windows.json
+    python benchmark/crafter_window.py "runs/crafter__dreamerv3_crafter_1m_r32_lr1e-4__2__*" --window 12000 \
+      --random benchmark/results/crafter_random.json > benchmark/results/dreamerv3_crafter_windows_seed2.json
     python benchmark/plot_curves.py --runs "runs/crafter__dreamerv3_crafter_1m_r32_lr3e-4__*" \
       "runs/crafter__thick_crafter_1m_r32__*" --labels "DreamerV3 1m, lr 3e-4" "THICK 1m, lr 3e-4, beta 1" --smooth 20 \
       --bin 4000 --out benchmark/results/crafter_1m_r32_lr3e-4.png --title "Crafter, 1m, batch 16x32, train ratio 32, lr 3e-4" \
