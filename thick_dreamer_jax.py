@@ -933,18 +933,20 @@ class Replay:
         self.data["context"][env[:, None], index] = context  # THICK
 
     def state_dict(self) -> dict:
+        filled = int(min(self.count.max(), self.capacity))  # only the written prefix (the envs step in lockstep)
         return {
-            "data": self.data,
+            "data": {k: v[:, :filled] for k, v in self.data.items()},
+            "capacity": np.int64(self.capacity),
             "pos": self.pos,
             "count": self.count,
             "queue": np.array(self.queue, np.int64).reshape(-1, 2),
         }
 
     def load_state_dict(self, state: dict):
-        old_capacity = state["data"]["reward"].shape[1]
+        old_capacity = int(state.get("capacity", state["data"]["reward"].shape[1]))  # files before "capacity": full arrays
         if old_capacity == self.capacity:
             for k in self.data:
-                self.data[k][...] = state["data"][k]
+                self.data[k][:, : state["data"][k].shape[1]] = state["data"][k]
             self.pos[...], self.count[...] = state["pos"], state["count"]
             self.queue = deque((int(e), int(s)) for e, s in state["queue"])
             return
@@ -1568,7 +1570,7 @@ def main(args: Args):
         if os.path.isfile(args.resume + ".replay.npz"):
             with np.load(args.resume + ".replay.npz") as f:
                 replay.load_state_dict({"data": {k[5:]: f[k] for k in f.files if k.startswith("data_")},
-                                        "pos": f["pos"], "count": f["count"], "queue": f["queue"]})  # fmt: skip
+                                        **{k: f[k] for k in f.files if not k.startswith("data_")}})  # fmt: skip
         print(f"resumed from {args.resume} at global_step={global_step}, updates={int(state.updates)}, replay={len(replay)}")
     ckpt_path = f"runs/{run_name}/checkpoint.ckpt"
 
@@ -1578,7 +1580,7 @@ def main(args: Args):
             rs = replay.state_dict()
             tmp = ckpt_path + f".replay.tmp{os.getpid()}.npz"
             np.savez(
-                tmp, pos=rs["pos"], count=rs["count"], queue=rs["queue"], **{f"data_{k}": v for k, v in rs["data"].items()}
+                tmp, **{k: v for k, v in rs.items() if k != "data"}, **{f"data_{k}": v for k, v in rs["data"].items()}
             )
             os.replace(tmp, ckpt_path + ".replay.npz")
         save_file(ckpt_path, args, {"run_name": run_name, "state": flax.serialization.to_state_dict(state),

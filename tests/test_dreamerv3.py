@@ -277,6 +277,41 @@ def test_replay_windows_queue_and_latent_writeback():
     assert np.all(rp.data["deter"][env[0], index[0, 1:]] == 1) and np.all(rp.data["stoch"][env[0], index[0, 1:]] == 2)
 
 
+def test_replay_checkpoint_holds_only_written_steps_and_round_trips(tmp_path):
+    space = gym.spaces.Box(-1, 1, (3,), np.float32)
+    make = lambda cap: D.Replay(capacity=cap, num_envs=2, length=5, obs_space=space, act_dim=2, deter=4, stoch=3, seed=0)
+
+    def fill(rp, n):
+        for t in range(n):
+            rp.add({"obs": np.full((2, 3), t, np.float32), "action": np.zeros((2, 2)), "reward": np.full(2, t),
+                    "is_first": np.zeros(2, bool), "is_last": np.zeros(2, bool), "is_terminal": np.zeros(2, bool),
+                    "deter": np.zeros((2, 4)), "stoch": np.zeros((2, 3))})  # fmt: skip
+
+    def through_npz(state):  # the file format of save_checkpoint / --resume
+        np.savez(tmp_path / "r.npz", **{k: v for k, v in state.items() if k != "data"},
+                 **{f"data_{k}": v for k, v in state["data"].items()})  # fmt: skip
+        with np.load(tmp_path / "r.npz") as f:
+            return {"data": {k[5:]: f[k] for k in f.files if k.startswith("data_")},
+                    **{k: f[k] for k in f.files if not k.startswith("data_")}}  # fmt: skip
+
+    rp = make(100)
+    fill(rp, 7)
+    state = rp.state_dict()
+    assert state["data"]["obs"].shape == (2, 7, 3)  # 7 of 100 slots written: only those are saved
+    back = make(100)
+    back.load_state_dict(through_npz(state))
+    assert np.array_equal(back.data["reward"], rp.data["reward"]) and list(back.queue) == list(rp.queue)
+    assert np.array_equal(back.count, rp.count) and np.array_equal(back.pos, rp.pos)
+    fill(rp, 100)  # wrapped: the whole buffer is saved; into a smaller replay, the newest steps in order
+    small = make(30)
+    small.load_state_dict(through_npz(rp.state_dict()))
+    assert np.array_equal(small.data["reward"][0], np.arange(70, 100)) and len(small) == 60
+    old = {"data": rp.data, "pos": rp.pos, "count": rp.count, "queue": np.zeros((0, 2), np.int64)}  # pre-"capacity" file
+    again = make(100)
+    again.load_state_dict(old)
+    assert np.array_equal(again.data["obs"], rp.data["obs"])
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Subprocess smoke runs (debug preset, tiny budgets) and error handling
 # ---------------------------------------------------------------------------------------------------------------------
