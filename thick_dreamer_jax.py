@@ -77,8 +77,9 @@ class Args:
     # Algorithm specific arguments
     env_id: str = "crafter"
     """crafter, crafter_noreward, atari100k_<game> or any gymnasium id"""
-    total_timesteps: int = 1_100_000
-    """env (policy) steps to run, summed over envs (Crafter is scored at 1M)"""
+    total_timesteps: Optional[int] = None
+    """env (policy) steps to run, summed over envs (default per env: Atari100k 110k as the official config, else 1.1M;
+    Crafter is scored at 1M)"""
     num_envs: int = 1
     """the number of parallel environments"""
     model_size: str = "12m"
@@ -210,6 +211,8 @@ def check_args(args: Args) -> Args:
         raise UsageError(f"unknown --model-size '{args.model_size}'; choose one of {', '.join(SIZES)}")
     if args.compute_dtype not in ("float32", "bfloat16"):
         raise UsageError(f"--compute-dtype must be float32 or bfloat16, got '{args.compute_dtype}'")
+    if args.total_timesteps is None:
+        args.total_timesteps = 110_000 if family == "atari100k" else 1_100_000
     for name in ("batch_size", "num_envs", "total_timesteps", "imag_horizon", "horizon", "log_every"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
