@@ -165,6 +165,14 @@ def test_learning_rate_warmup():
     assert D.learning_rate_at(args, 1000) == D.learning_rate_at(args, 10**6) == pytest.approx(4e-5)
 
 
+def test_per_env_defaults():
+    ratio_steps = lambda env, **kw: (lambda a: (a.train_ratio, a.total_timesteps))(D.check_args(D.Args(env_id=env, **kw)))
+    assert ratio_steps("crafter") == (512.0, 1_100_000)
+    assert ratio_steps("atari100k_pong") == (256.0, 110_000)  # the official atari100k config: run.steps 1.1e5
+    assert ratio_steps("CartPole-v1") == (512.0, 1_100_000)
+    assert ratio_steps("atari100k_pong", train_ratio=64.0, total_timesteps=5000) == (64.0, 5000)  # given flags win
+
+
 def test_continue_target_and_gamma():
     assert 1 - 1 / 333 == pytest.approx(0.996997, abs=1e-6)
 
