@@ -1,6 +1,6 @@
 """Crafter success rates and score of the training episodes inside windows of env steps, read back from TensorBoard.
 
-    python benchmark/crafter_window.py runs/crafter__dreamerv3_crafter_1m_r32_lr1e-4__* --window 16000 [--random r.json]
+    python benchmark/crafter_window.py "runs/crafter__dreamerv3_crafter_1m_r32_lr1e-4__1__*" --window 16000 [--random r.json]
 
 The scripts log `achievements/<name>` as the success rate (%) over *all* training episodes so far (the standard
 Crafter score is defined that way). The number of episodes with achievement i among the first n episodes is
@@ -29,7 +29,10 @@ def main():
     p.add_argument("--window", type=int, default=16000, help="env steps per window")
     p.add_argument("--random", default=None, help="file with the JSON output of benchmark/random_baseline.py")
     a = p.parse_args()
-    run = sorted(glob.glob(a.run))[-1]
+    runs = sorted(glob.glob(a.run))
+    if len(runs) != 1:  # one run per call: a glob matching several seeds would silently pick one
+        sys.exit(f"error: '{a.run}' matches {len(runs)} run directories, expected 1")
+    run = runs[0]
     acc = EventAccumulator(run, size_guidance={"scalars": 0})
     acc.Reload()
     steps, returns = scalars(acc, "charts/episodic_return")  # a resumed run's overwritten episodes are dropped

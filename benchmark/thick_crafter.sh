@@ -5,17 +5,17 @@
 # tuning procedure in docs/thick.md, where the change rate was small but above zero). Flags after the script name are
 # passed on and override the ones here (the last occurrence wins), e.g. `--resume runs/<run>/checkpoint.ckpt`.
 #   BETA=100 bash benchmark/thick_crafter.sh
-#   bash benchmark/thick_crafter.sh plot        # THICK against the DreamerV3 runs with the same flags
+#   BETA=100 bash benchmark/thick_crafter.sh plot   # THICK (that β) against the DreamerV3 runs with the same flags
 set -euo pipefail
 BETA=${BETA:-100}
 if [ "${1:-}" = plot ]; then
   python benchmark/plot_curves.py --runs "runs/crafter__dreamerv3_crafter_1m_r32_lr1e-4__1__*" \
-    "runs/crafter__dreamerv3_crafter_1m_r32_lr1e-4__2__*" "runs/crafter__thick_crafter_1m_r32_lr1e-4_beta100__1__*" \
-    --labels "DreamerV3, seed 1" "DreamerV3, seed 2" "THICK, beta 100, seed 1" --smooth 20 --bin 4000 \
+    "runs/crafter__dreamerv3_crafter_1m_r32_lr1e-4__2__*" "runs/crafter__thick_crafter_1m_r32_lr1e-4_beta${BETA}__1__*" \
+    --labels "DreamerV3, seed 1" "DreamerV3, seed 2" "THICK, beta ${BETA}, seed 1" --smooth 20 --bin 4000 \
     --out benchmark/results/crafter_1m_r32_lr1e-4.png --title "Crafter, 1m, batch 16x32, train ratio 32, lr 1e-4" \
     --baseline 1.37 > benchmark/results/crafter_1m_r32_lr1e-4.json
-  python benchmark/crafter_window.py "runs/crafter__thick_crafter_1m_r32_lr1e-4_beta100__1__*" --window 12000 \
-    --random benchmark/results/crafter_random.json > benchmark/results/thick_crafter_windows_beta100.json
+  python benchmark/crafter_window.py "runs/crafter__thick_crafter_1m_r32_lr1e-4_beta${BETA}__1__*" --window 12000 \
+    --random benchmark/results/crafter_random.json > "benchmark/results/thick_crafter_windows_beta${BETA}.json"
   exit 0
 fi
 XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \

@@ -1,6 +1,8 @@
 """Tests of common/: env wrappers, world-model flags from vector envs, and scores (values, not only shapes)."""
 
 import math
+import os
+import sys
 
 import gymnasium as gym
 import numpy as np
@@ -303,9 +305,6 @@ def test_capture_video_records_env_zero(tmp_path, monkeypatch):
 
 def test_drop_overwritten_keeps_the_resumed_points():
     # benchmark/plot_curves.py: a run resumed at step 6 re-logs from there; the first file's points >= 6 are dropped
-    import os
-    import sys
-
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmark"))
     from plot_curves import drop_overwritten
 
