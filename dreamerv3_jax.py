@@ -27,6 +27,7 @@ import dataclasses
 import json
 import os
 import random
+import signal
 import sys
 import time
 from collections import deque
@@ -169,6 +170,14 @@ RESUME_FREE = {
 
 class UsageError(Exception):
     """Bad input from the user: reported as one line on stderr with exit status 2."""
+
+
+class Stopped(Exception):
+    """SIGTERM or Ctrl-C: the run wrote a checkpoint and stops with exit status 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 def check_args(args: Args) -> Args:
@@ -762,6 +771,7 @@ class Replay:
             "pos": self.pos,
             "count": self.count,
             "queue": np.array(self.queue, np.int64).reshape(-1, 2),
+            "rng": np.array(json.dumps(self.rng.bit_generator.state)),  # so a resumed run samples the same windows
         }
 
     def load_state_dict(self, state: dict):
@@ -771,6 +781,8 @@ class Replay:
                 self.data[k][:, : state["data"][k].shape[1]] = state["data"][k]
             self.pos[...], self.count[...] = state["pos"], state["count"]
             self.queue = deque((int(e), int(s)) for e, s in state["queue"])
+            if "rng" in state:  # files before "rng": a fresh sampler
+                self.rng.bit_generator.state = json.loads(str(state["rng"]))
             return
         for e in range(self.num_envs):  # another capacity (e.g. a longer run): keep the newest steps in order
             n = int(min(state["count"][e], old_capacity))
@@ -1235,7 +1247,7 @@ def main(args: Args):
 
     # TRY NOT TO MODIFY: start the game
     start_time, start_step, start_updates = time.time(), global_step, int(state.updates)
-    obs, _ = envs.reset(seed=args.seed)
+    obs, _ = envs.reset(seed=args.seed + global_step)  # a resumed run must not replay the first run's episodes
     flags = common.EpisodeFlags(args.num_envs)
     is_first = flags.reset()
     is_last = is_terminal = np.zeros(args.num_envs, bool)
@@ -1243,7 +1255,20 @@ def main(args: Args):
     carry = agent.initial_carry(args.num_envs)
     ratio = args.train_ratio / (args.batch_size * args.batch_length)  # updates per policy step
     metrics, last_log, last_video, pending = {}, global_step, int(state.updates), None
-    while global_step < args.total_timesteps:
+
+    # SIGTERM (kill, a cluster's pre-emption) or Ctrl-C: finish the current step, write a checkpoint, stop. A second
+    # signal stops at once (then the last periodic checkpoint is the one to resume from).
+    stop = []
+
+    def request_stop(signum, frame):
+        if stop:
+            raise KeyboardInterrupt
+        stop.append(signum)
+        print(f"{signal.Signals(signum).name}: writing a checkpoint, then stopping (again to stop at once)", flush=True)
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    while global_step < args.total_timesteps and not stop:
         # ALGO LOGIC: act with the sampled posterior and the sampled action
         key, k = jax.random.split(key)
         action, carry, (deter, stoch) = agent.policy_step(state.params, carry, obs, is_first, k)
@@ -1322,6 +1347,12 @@ def main(args: Args):
 
     if pending is not None:
         replay.write_latents(*pending)
+    if stop:
+        path = save_checkpoint()
+        writer.close()
+        envs.close()
+        raise Stopped(f"stopped by {signal.Signals(stop[0]).name} at global_step={global_step}; checkpoint written to "
+                      f"{path} (continue with the same command plus --resume {path})", stop[0])  # fmt: skip
     if args.checkpoint_every:
         save_checkpoint()
     if args.save_model:
@@ -1345,3 +1376,6 @@ if __name__ == "__main__":
     except FloatingPointError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except Stopped as e:
+        print(e, file=sys.stderr)
+        sys.exit(128 + e.signum)

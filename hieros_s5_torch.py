@@ -31,6 +31,7 @@ import copy
 import math
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass, fields
@@ -1361,7 +1362,7 @@ def main(args):
                               args.seed + 1000 * i) for i, lv in enumerate(agent.levels)]  # fmt: skip
     loss_fn = torch.compile(wm_loss) if args.compile else wm_loss
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16_autocast)
-    global_step, n_train_calls, n_updates, credit = 0, 0, 0, 0.0
+    global_step, n_train_calls, n_updates, credit, achievements = 0, 0, 0, 0.0, []
     if resume is not None:
         agent.load_state_dict(resume["agent"])
         for (opts, sched), state in zip(optims, resume["optims"], strict=True):
@@ -1374,6 +1375,7 @@ def main(args):
         global_step, n_train_calls, n_updates, credit = (
             resume[k] for k in ("global_step", "n_train_calls", "n_updates", "credit")
         )
+        achievements = list(resume.get("achievements", []))  # Crafter: episodes so far (files before it: none)
         random.setstate(resume["rng"]["python"])
         np.random.set_state(resume["rng"]["numpy"])
         torch.set_rng_state(resume["rng"]["torch"])
@@ -1385,25 +1387,39 @@ def main(args):
                            for opts, sched in optims],
                 "replays": [r.state_dict() for r in replays] if args.checkpoint_replay else None,
                 "global_step": global_step, "n_train_calls": n_train_calls, "n_updates": n_updates, "credit": credit,
+                "achievements": achievements,
                 "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
                         "torch": torch.get_rng_state()}}  # fmt: skip
 
     runner = HierarchyRunner(agent, args.num_envs, args, device)
     metrics = [dict() for _ in agent.levels]  # the latest metrics of each level (tensors: no host sync until logging)
     nonfinite = {}  # term -> accumulated "was non-finite" flag (a tensor)
-    achievements, episodes = [], 0
+    episodes = 0
     updates_per_step = args.train_ratio / (args.batch_size * args.batch_length)
 
     # TRY NOT TO MODIFY: start the game
     start_time, start_step = time.time(), global_step
-    obs, _ = envs.reset(seed=args.seed)
+    obs, _ = envs.reset(seed=args.seed + global_step)  # a resumed run must not replay the first run's episodes
     flags = EpisodeFlags(args.num_envs)
     is_first = flags.reset()
     reward, is_terminal = np.zeros(args.num_envs, np.float32), np.zeros(args.num_envs, bool)
     next_progress = (global_step // args.progress_every + 1) * args.progress_every
     next_ckpt = (global_step // args.checkpoint_every + 1) * args.checkpoint_every if args.checkpoint_every else None
     last_log_update = n_updates
-    while global_step < args.total_timesteps:
+
+    # SIGTERM (kill, a cluster's pre-emption) or Ctrl-C: finish the current step, write a checkpoint, stop. A second
+    # signal stops at once (then the last periodic checkpoint is the one to resume from).
+    stop = []
+
+    def request_stop(signum, frame):
+        if stop:
+            raise KeyboardInterrupt
+        stop.append(signum)
+        print(f"{signal.Signals(signum).name}: writing a checkpoint, then stopping (again to stop at once)", flush=True)
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    while global_step < args.total_timesteps and not stop:
         # ALGO LOGIC: action logic (all levels filter and decide; records go to each acting level's replay)
         agent.eval()
         tt = lambda x: torch.as_tensor(x, device=device)
@@ -1499,6 +1515,14 @@ def main(args):
             write_atomic(training_state(), f"runs/{run_name}/checkpoint.pt")
             print(f"checkpoint written to runs/{run_name}/checkpoint.pt at global_step={global_step}")
 
+    if stop:
+        path = f"runs/{run_name}/checkpoint.pt"
+        write_atomic(training_state(), path)
+        writer.close()
+        envs.close()
+        print(f"stopped by {signal.Signals(stop[0]).name} at global_step={global_step}; checkpoint written to {path} "
+              f"(continue with the same command plus --resume {path})", file=sys.stderr)  # fmt: skip
+        sys.exit(128 + stop[0])
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
         write_atomic({"kind": "model", "args": vars(args), "agent": agent.state_dict()}, model_path)

@@ -2,6 +2,8 @@
 
 import math
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -304,12 +306,14 @@ def test_replay_checkpoint_holds_only_written_steps_and_round_trips(tmp_path):
 
     rp = make(100)
     fill(rp, 7)
+    rp.sample(4)  # 2 queued fresh windows, then 2 draws from the RNG: its state is no longer the seed's
     state = rp.state_dict()
     assert state["data"]["obs"].shape == (2, 7, 3)  # 7 of 100 slots written: only those are saved
     back = make(100)
     back.load_state_dict(through_npz(state))
     assert np.array_equal(back.data["reward"], rp.data["reward"]) and list(back.queue) == list(rp.queue)
     assert np.array_equal(back.count, rp.count) and np.array_equal(back.pos, rp.pos)
+    assert all(np.array_equal(a, b) for a, b in zip(rp.sample(3)[1:], back.sample(3)[1:], strict=True))  # RNG restored
     fill(rp, 100)  # wrapped: the whole buffer is saved; into a smaller replay, the newest steps in order
     small = make(30)
     small.load_state_dict(through_npz(rp.state_dict()))
@@ -364,6 +368,31 @@ def test_smoke_crafter_checkpoint_and_resume(tmp_path):
     # a checkpoint of another config is a one-line error with exit status 2
     bad = run(tmp_path, "--env-id", "crafter", *TINY, "--model-size", "1m", "--resume", str(ckpt), check=False)
     assert bad.returncode == 2 and "model_size" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def stop_with_sigterm(cmd, cwd, env):
+    """Start a run, send SIGTERM once it prints its first progress line, return (exit status, stdout, stderr)."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("step "):
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, "".join(lines) + out, err
+
+
+@pytest.mark.slow
+def test_sigterm_writes_checkpoint_and_resume_continues(tmp_path):
+    flags = ["--env-id", "CartPole-v1", *TINY, "--log-every", "16", "--seed", "3"]
+    cmd = [sys.executable, str(ROOT / "dreamerv3_jax.py"), *flags, "--total-timesteps", "100000"]
+    rc, out, err = stop_with_sigterm(cmd, tmp_path, dict(os.environ, PYTHONUNBUFFERED="1"))
+    assert rc == 128 + signal.SIGTERM and "Traceback" not in err, err[-3000:]
+    step, ckpt = re.search(r"stopped by SIGTERM at global_step=(\d+); checkpoint written to (\S+)", err).groups()
+    assert int(step) >= 16 and Path(tmp_path / (ckpt + ".replay.npz")).exists()  # written whatever --checkpoint-every says
+    out = run(tmp_path, *flags, "--total-timesteps", str(int(step) + 4), "--resume", ckpt)
+    assert f"at global_step={step}" in out.stdout and f"step {int(step) + 4}/" in out.stdout
 
 
 @pytest.mark.slow

@@ -6,6 +6,8 @@ Run: .venv/bin/python -m pytest tests/test_hieros.py -q
 import importlib
 import math
 import os
+import re
+import signal
 import subprocess
 import sys
 
@@ -533,11 +535,14 @@ def test_behavior_starts_trains_world_model_only_first():
     assert any(not torch.equal(a, b) for a, b in zip(actor_before, lv.actor.parameters(), strict=True))
 
 
+ENV = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+SMALL = ["--model-size", "debug", "--batch-size", "2", "--batch-length", "8", "--train-ratio", "8", "--imag-horizon", "4",
+         "--log-every", "5", "--progress-every", "32"]  # fmt: skip
+
+
 def run_script(tmp_path, *flags, check=True):
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, SCRIPT, "--model-size", "debug", "--batch-size", "2", "--batch-length", "8", "--train-ratio", "8",
-           "--imag-horizon", "4", "--log-every", "5", "--progress-every", "32", *flags]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, SCRIPT, *SMALL, *flags]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
     if check:
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
@@ -597,6 +602,22 @@ def test_resume_continues_step_counter_and_checks_config(tmp_path):
     bad = run_script(tmp_path, "--env-id", "CartPole-v1", "--total-timesteps", "80", "--max-hierarchy", "3", "--resume",
                      str(ckpt), check=False)  # fmt: skip
     assert one_line_error(bad) and "max_hierarchy" in bad.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_writes_checkpoint_and_resume_continues(tmp_path):
+    flags = ["--env-id", "CartPole-v1", "--max-hierarchy", "2", "--seed", "3"]
+    proc = subprocess.Popen([sys.executable, SCRIPT, *SMALL, *flags, "--total-timesteps", "100000"], cwd=tmp_path, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    for line in proc.stdout:  # stop once the run is past its first progress line
+        if line.startswith("step "):
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err[-3000:]
+    step, ckpt = re.search(r"stopped by SIGTERM at global_step=(\d+); checkpoint written to (\S+)", err).groups()
+    proc = run_script(tmp_path, *flags, "--total-timesteps", str(int(step) + 32), "--resume", ckpt)
+    assert f"global_step={step}" in proc.stdout and f"step {int(step) + 32}/" in proc.stdout
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ subprocess smoke runs (CartPole-v1 and Crafter, debug preset) with save -> evalu
 
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -472,6 +473,24 @@ def test_smoke_cartpole_save_evaluate_checkpoint_resume(tmp_path):
     r = run_script(tmp_path, "--env-id", "CartPole-v1", *TINY, "--total-timesteps", "160", "--context-dim", "4",
                    "--resume", str(run_dir / "checkpoint.ckpt"))  # fmt: skip
     assert r.returncode == 2 and "context_dim" in r.stderr  # another config: a one-line error
+
+
+@pytest.mark.slow
+def test_sigterm_writes_checkpoint_and_resume_continues(tmp_path):
+    flags = ["--env-id", "CartPole-v1", *TINY, "--log-every", "16", "--seed", "3"]
+    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "thick_dreamer_jax.py"), *flags, "--total-timesteps",
+                             "100000"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # stop once the run is past its first progress line
+        if line.startswith("step "):
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err[-3000:]
+    step, ckpt = re.search(r"stopped by SIGTERM at global_step=(\d+); checkpoint written to (\S+)", err).groups()
+    r = run_script(tmp_path, *flags, "--total-timesteps", str(int(step) + 4), "--resume", ckpt)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert f"at global_step={step}" in r.stdout and f"step {int(step) + 4}/" in r.stdout
 
 
 @pytest.mark.slow
