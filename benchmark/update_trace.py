@@ -53,7 +53,8 @@ def main():
              "action": np.eye(17, dtype=np.float32)[rng.integers(0, 17, (16, 65))],
              "reward": rng.normal(size=(16, 65)).astype(np.float32), "is_first": first,
              "is_last": np.zeros((16, 65), bool), "is_terminal": np.zeros((16, 65), bool),
-             "deter": np.zeros((16, 65, agent.deter), np.float16), "stoch": np.zeros((16, 65, agent.stoch), np.uint8)}  # fmt: skip
+             "deter": np.zeros((16, 65, agent.deter), np.float16),
+             "stoch": np.zeros((16, 65, agent.stoch), np.uint8)}  # fmt: skip
     if hasattr(agent, "ctx"):
         batch["context"] = np.zeros((16, 65, agent.ctx), np.float32)
     step = jax.jit(agent._train_step).lower(state, batch, jax.random.PRNGKey(1)).compile()
