@@ -1625,8 +1625,8 @@ def main(args: Args):
     def request_stop(signum, frame):
         if stop:
             raise KeyboardInterrupt
-        stop.append(signum)
-        print(f"{signal.Signals(signum).name}: writing a checkpoint, then stopping (again to stop at once)", flush=True)
+        stop.append(signum)  # os.write, not print: a handler that prints while the loop prints raises "reentrant call"
+        os.write(2, f"{signal.Signals(signum).name}: writing a checkpoint, then stopping (again to stop at once)\n".encode())
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
