@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from random_batch import crafter_batch  # noqa: E402  (benchmark/random_batch.py)
+
 import dreamerv3_jax as d  # noqa: E402
 
 
@@ -130,14 +132,7 @@ def main():
         f = jax.jit(jax.grad(head_loss))
         out["heads_fwd_bwd_s"] = timeit(f, params, reps=a.reps)
     if "full" in a.parts:
-        batch = {
-            "obs": np.asarray(rng.integers(0, 255, (b, t + 1, 64, 64, 3), dtype=np.uint8)),
-            "action": np.eye(17, dtype=np.float32)[rng.integers(0, 17, (b, t + 1))],
-            "reward": rng.normal(size=(b, t + 1)).astype(np.float32),
-            "is_first": np.zeros((b, t + 1), bool), "is_last": np.zeros((b, t + 1), bool),
-            "is_terminal": np.zeros((b, t + 1), bool),
-            "deter": np.zeros((b, t + 1, agent.deter), np.float16), "stoch": np.zeros((b, t + 1, agent.stoch), np.uint8),
-        }  # fmt: skip
+        batch = crafter_batch(agent, b, t)
         st = agent.init(jax.random.PRNGKey(0))
         st, _, _ = agent.train_step(st, batch, key)
         jax.block_until_ready(st)

@@ -18,6 +18,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from random_batch import crafter_batch  # noqa: E402  (benchmark/random_batch.py)
 
 
 def matmul_rate(jax, jnp, n=2048, reps=5):
@@ -50,21 +52,7 @@ def measure(script, size, dtype, batch, length, updates, policy_steps):
     obs_space, act_space = gym.spaces.Box(0, 255, (64, 64, 3), np.uint8), gym.spaces.Discrete(17)
     agent = mod.Agent(args, obs_space, act_space)
     state = agent.init(jax.random.PRNGKey(0))
-    rng = np.random.default_rng(0)
-    t1 = length + 1
-    batch_data = {
-        "obs": rng.integers(0, 255, (batch, t1, 64, 64, 3), dtype=np.uint8),
-        "action": np.eye(17, dtype=np.float32)[rng.integers(0, 17, (batch, t1))],
-        "reward": rng.normal(size=(batch, t1)).astype(np.float32),
-        "is_first": np.zeros((batch, t1), bool),
-        "is_last": np.zeros((batch, t1), bool),
-        "is_terminal": np.zeros((batch, t1), bool),
-    }
-    # replay latents (and THICK's stored context, if the script has one)
-    extra = {"deter": np.zeros((batch, t1, agent.deter), np.float16), "stoch": np.zeros((batch, t1, agent.stoch), np.uint8)}
-    if hasattr(agent, "context_dim"):
-        extra["context"] = np.zeros((batch, t1, agent.context_dim), np.float32)
-    batch_data |= extra
+    batch_data = crafter_batch(agent, batch, length)
     t = time.perf_counter()
     lowered = agent.train_step.lower(state, batch_data, jax.random.PRNGKey(0))
     compiled = lowered.compile()
@@ -85,7 +73,7 @@ def measure(script, size, dtype, batch, length, updates, policy_steps):
     ptimes = []
     for i in range(policy_steps + 1):
         t = time.perf_counter()
-        action, carry, _ = agent.policy_step(state.params, carry, obs, first, jax.random.PRNGKey(i))
+        action, carry = agent.policy_step(state.params, carry, obs, first, jax.random.PRNGKey(i))[:2]  # THICK returns more
         np.asarray(action)
         ptimes.append(time.perf_counter() - t)
     rate = matmul_rate(jax, jnp)

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from random_batch import crafter_batch  # noqa: E402  (benchmark/random_batch.py)
 
 
 def main():
@@ -39,17 +40,7 @@ def main():
     obs_space, act_space = gym.spaces.Box(0, 255, (64, 64, 3), np.uint8), gym.spaces.Discrete(17)
     agent = mod.Agent(args, obs_space, act_space)
     state = agent.init(jax.random.PRNGKey(0))
-    B, T = a.batch_size, a.batch_length + 1
-    rng = np.random.default_rng(0)
-    first = np.zeros((B, T), bool)
-    first[:, 0] = True
-    batch = {"obs": rng.integers(0, 255, (B, T, 64, 64, 3), dtype=np.uint8),
-             "action": np.eye(17, dtype=np.float32)[rng.integers(0, 17, (B, T))],
-             "reward": rng.normal(size=(B, T)).astype(np.float32), "is_first": first,
-             "is_last": np.zeros((B, T), bool), "is_terminal": np.zeros((B, T), bool),
-             "deter": np.zeros((B, T, agent.deter), np.float16), "stoch": np.zeros((B, T, agent.stoch), np.uint8)}  # fmt: skip
-    if hasattr(agent, "ctx"):
-        batch["context"] = np.zeros((B, T, agent.ctx), np.float32)
+    batch = crafter_batch(agent, a.batch_size, a.batch_length)
     t0 = time.time()
     step = jax.jit(agent._train_step, donate_argnums=0).lower(state, batch, jax.random.PRNGKey(1)).compile()
     compile_s = time.time() - t0

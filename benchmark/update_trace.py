@@ -24,6 +24,7 @@ import numpy as np
 from jax.profiler import ProfileData
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from random_batch import crafter_batch  # noqa: E402  (benchmark/random_batch.py)
 
 
 def category(op: str) -> str:
@@ -46,17 +47,7 @@ def main():
     args = mod.Args(env_id="crafter", model_size=a.model_size, batch_size=16, batch_length=64)
     agent = mod.Agent(args, gym.spaces.Box(0, 255, (64, 64, 3), np.uint8), gym.spaces.Discrete(17))
     state = agent.init(jax.random.PRNGKey(0))
-    rng = np.random.default_rng(0)
-    first = np.zeros((16, 65), bool)
-    first[:, 0] = True
-    batch = {"obs": rng.integers(0, 255, (16, 65, 64, 64, 3), dtype=np.uint8),
-             "action": np.eye(17, dtype=np.float32)[rng.integers(0, 17, (16, 65))],
-             "reward": rng.normal(size=(16, 65)).astype(np.float32), "is_first": first,
-             "is_last": np.zeros((16, 65), bool), "is_terminal": np.zeros((16, 65), bool),
-             "deter": np.zeros((16, 65, agent.deter), np.float16),
-             "stoch": np.zeros((16, 65, agent.stoch), np.uint8)}  # fmt: skip
-    if hasattr(agent, "ctx"):
-        batch["context"] = np.zeros((16, 65, agent.ctx), np.float32)
+    batch = crafter_batch(agent, 16, 64)
     step = jax.jit(agent._train_step).lower(state, batch, jax.random.PRNGKey(1)).compile()
     meta = {}  # HLO instruction -> (result shape, JAX source op name)
     for line in step.as_text().splitlines():
