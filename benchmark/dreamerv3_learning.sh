@@ -33,6 +33,15 @@ case "$MODE" in
       --learning-rate "${LR:-3e-4}" --warmup 100 --total-timesteps 60000 --log-every 2000 --checkpoint-every 4000 \
       --no-checkpoint-replay --save-model --eval-episodes 5 --seed 1 --exp-name "dreamerv3_crafter_1m_r32_lr${LR:-3e-4}" "$@"
     ;;
+  crafter_debug)
+    # the recipe that made hieros_s5_torch.py learn Crafter on one CPU core (benchmark/hieros_crafter.sh): a small model
+    # and many cheap updates instead of few expensive ones. 'debug' preset, batch 8 x 32, train ratio 32 (1 update per 8
+    # env steps), 4 envs, lr 1e-4 (LR=...), one XLA thread; a THICK run with the same flags is benchmark/thick_crafter.sh debug
+    XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
+    python dreamerv3_jax.py --env-id crafter --model-size debug --batch-size 8 --batch-length 32 --train-ratio 32 \
+      --num-envs 4 --learning-rate "${LR:-1e-4}" --warmup 100 --total-timesteps 200000 --log-every 2000 \
+      --checkpoint-every 10000 --save-model --eval-episodes 5 --seed 1 --exp-name "dreamerv3_crafter_debug_lr${LR:-1e-4}" "$@"
+    ;;
   plot)
     python benchmark/plot_curves.py --runs "runs/CartPole-v1__dreamerv3_cartpole_debug*" --labels "DreamerV3 debug" \
       --out benchmark/results/dreamerv3_cartpole.png --title "dreamerv3_jax.py, CartPole-v1" --baseline 22.3

@@ -5,6 +5,7 @@
 # tuning procedure in docs/thick.md, where the change rate was small but above zero). Flags after the script name are
 # passed on and override the ones here (the last occurrence wins), e.g. `--resume runs/<run>/checkpoint.ckpt`.
 #   BETA=100 bash benchmark/thick_crafter.sh
+#   BETA=100 bash benchmark/thick_crafter.sh debug  # debug preset, the flags of dreamerv3_learning.sh crafter_debug
 #   BETA=100 bash benchmark/thick_crafter.sh plot   # THICK (that β) against the DreamerV3 runs with the same flags
 set -euo pipefail
 BETA=${BETA:-100}
@@ -16,6 +17,16 @@ if [ "${1:-}" = plot ]; then
     --baseline 1.37 > benchmark/results/crafter_1m_r32_lr1e-4.json
   python benchmark/crafter_window.py "runs/crafter__thick_crafter_1m_r32_lr1e-4_beta${BETA}__1__*" --window 12000 \
     --random benchmark/results/crafter_random.json > "benchmark/results/thick_crafter_windows_beta${BETA}.json"
+  exit 0
+fi
+if [ "${1:-}" = debug ]; then
+  # the same flags as `bash benchmark/dreamerv3_learning.sh crafter_debug` (debug preset, batch 8 x 32, ratio 32, 4 envs)
+  shift
+  XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
+  python thick_dreamer_jax.py --env-id crafter --model-size debug --batch-size 8 --batch-length 32 --train-ratio 32 \
+    --num-envs 4 --learning-rate "${LR:-1e-4}" --warmup 100 --total-timesteps 200000 --log-every 2000 \
+    --checkpoint-every 10000 --save-model --eval-episodes 5 --sparse-scale "$BETA" --seed 1 \
+    --exp-name "thick_crafter_debug_lr${LR:-1e-4}_beta${BETA}" "$@"
   exit 0
 fi
 XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
