@@ -6,6 +6,8 @@
 #                                                   # python benchmark/random_baseline.py --env-id crafter --episodes 200 --seed 1000)
 #   LR=1e-4 bash benchmark/dreamerv3_learning.sh crafter_r32   # train ratio 32 (README: the lr 3e-4 run collapsed)
 #   bash benchmark/dreamerv3_learning.sh plot
+#   bash benchmark/dreamerv3_learning.sh crafter_debug   # debug preset, many cheap updates (and the THICK twin:
+#   BETA=100 bash benchmark/thick_crafter.sh debug)      # compared by: bash benchmark/dreamerv3_learning.sh plot_debug
 # Flags after the mode are passed on to the script and override the ones here (the last occurrence wins), e.g.
 #   LR=1e-4 bash benchmark/dreamerv3_learning.sh crafter_r32 --seed 2 --checkpoint-replay
 set -euo pipefail
@@ -60,5 +62,16 @@ case "$MODE" in
       "runs/crafter__thick_crafter_1m_r32__*" --labels "DreamerV3 1m, lr 3e-4" "THICK 1m, lr 3e-4, beta 1" --smooth 20 \
       --bin 4000 --out benchmark/results/crafter_1m_r32_lr3e-4.png --title "Crafter, 1m, batch 16x32, train ratio 32, lr 3e-4" \
       --baseline 1.37 > benchmark/results/crafter_1m_r32_lr3e-4.json
+    ;;
+  plot_debug)
+    # the debug-size Crafter runs of DreamerV3 and THICK (same flags, same budget, one core each)
+    python benchmark/plot_curves.py --runs "runs/crafter__dreamerv3_crafter_debug_lr1e-4__1__*" \
+      "runs/crafter__thick_crafter_debug_lr1e-4_beta100__1__*" --labels "DreamerV3 debug" "THICK debug, beta 100" \
+      --smooth 20 --bin 4000 --out benchmark/results/crafter_debug.png --baseline 1.37 \
+      --title "Crafter, debug preset, batch 8x32, ratio 32, lr 1e-4, 4 envs" > benchmark/results/crafter_debug.json
+    python benchmark/crafter_window.py "runs/crafter__dreamerv3_crafter_debug_lr1e-4__1__*" --window 8000 \
+      --random benchmark/results/crafter_random.json > benchmark/results/dreamerv3_crafter_debug_windows.json
+    python benchmark/crafter_window.py "runs/crafter__thick_crafter_debug_lr1e-4_beta100__1__*" --window 8000 \
+      --random benchmark/results/crafter_random.json > benchmark/results/thick_crafter_debug_windows.json
     ;;
 esac
