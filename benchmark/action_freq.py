@@ -7,8 +7,6 @@ of each of the 17 actions (uniform: 0.059 each) and the returns of the episodes 
 """
 
 import argparse
-import dataclasses
-import importlib
 import json
 import os
 import sys
@@ -18,11 +16,9 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import common  # noqa: E402
+from saved_agent import load_agent  # noqa: E402  (benchmark/saved_agent.py)
 
-ACTIONS = ["noop", "move_left", "move_right", "move_up", "move_down", "do", "sleep", "place_stone", "place_table",
-           "place_furnace", "place_plant", "make_wood_pickaxe", "make_stone_pickaxe", "make_iron_pickaxe",
-           "make_wood_sword", "make_stone_sword", "make_iron_sword"]  # fmt: skip  (crafter's action order)
+import common  # noqa: E402
 
 
 def main():
@@ -31,31 +27,21 @@ def main():
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--seed", type=int, default=5)
     a = ap.parse_args()
-    for name in ("thick_dreamer_jax", "dreamerv3_jax"):  # each script reads only its own checkpoint format
-        mod = importlib.import_module(name)
-        try:
-            saved = mod.load_file(a.model_path)
-            break
-        except mod.UsageError as e:
-            if name == "dreamerv3_jax":
-                raise SystemExit(f"error: {e}") from None
-    args = mod.Args(**{k: v for k, v in saved["args"].items() if k in {f.name for f in dataclasses.fields(mod.Args)}})
+    mod, agent, params, _ = load_agent(a.model_path)
     envs = gym.vector.SyncVectorEnv([common.make_env("crafter", a.seed, 0, False, "action_freq")])
-    agent = mod.Agent(args, envs.single_observation_space, envs.single_action_space)
-    tree = saved["params"] if "params" in saved else saved["state"]["params"]
-    params = mod.restore_tree(agent.init(jax.random.PRNGKey(0)).params, tree, a.model_path, "params")
+    names = envs.envs[0].unwrapped._env.action_names  # crafter's 17 actions, in its order
+    extra = (1.0,) if mod.__name__ == "thick_dreamer_jax" else ()  # THICK: gate noise on, as while training
     key, (obs, _), flags = jax.random.PRNGKey(a.seed), envs.reset(seed=a.seed), common.EpisodeFlags(1)
-    is_first, carry, counts, episodes = flags.reset(), agent.initial_carry(1), np.zeros(len(ACTIONS)), []
+    is_first, carry, counts, episodes = flags.reset(), agent.initial_carry(1), np.zeros(len(names)), []
     for _ in range(a.steps):
         key, k = jax.random.split(key)
-        extra = (1.0,) if mod.__name__ == "thick_dreamer_jax" else ()  # THICK: gate noise on, as while training
         action, carry = agent.policy_step(params, carry, obs, is_first, k, *extra)[:2]
         env_action = mod.to_env_action(agent, np.asarray(action))
         counts[env_action[0]] += 1
         obs, _, term, trunc, infos = envs.step(env_action)
         is_first, _, _ = flags.step(term, trunc)
         episodes += common.episode_stats(infos)
-    freq = {n: round(float(c), 3) for n, c in zip(ACTIONS, counts / counts.sum(), strict=True)}
+    freq = {n: round(float(c), 3) for n, c in zip(names, counts / counts.sum(), strict=True)}
     print(json.dumps({"model_path": a.model_path, "steps": a.steps, "action_freq": freq,
                       "episode_returns": [round(e["r"], 1) for e in episodes]}))  # fmt: skip
 

@@ -11,7 +11,6 @@ above 1 means that context changes concentrate at events. Writes <out>.json and 
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -22,10 +21,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from saved_agent import load_agent  # noqa: E402
 from thick_sparsity import alignment  # noqa: E402
 
 import common  # noqa: E402
-import thick_dreamer_jax as td  # noqa: E402
 
 
 def rollout(agent, params, steps: int, seed: int, noise: float):
@@ -62,14 +61,7 @@ def main():
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", default="benchmark/results/thick_alignment")
     a = ap.parse_args()
-    saved = td.load_file(a.model_path)
-    args = td.Args(**{k: v for k, v in saved["args"].items() if k in {f.name for f in dataclasses.fields(td.Args)}})
-    import gymnasium as gym
-
-    agent = td.Agent(args, gym.spaces.Box(0, 255, (64, 64, 3), np.uint8), gym.spaces.Discrete(17))
-    template = agent.init(jax.random.PRNGKey(0)).params
-    params = td.restore_tree(template, saved["params"] if "params" in saved else saved["state"]["params"], a.model_path,
-                             "params")  # fmt: skip
+    _, agent, params, args = load_agent(a.model_path, scripts=("thick_dreamer_jax",))
     results = {"model_path": a.model_path, "steps": a.steps, "sparse_scale": args.sparse_scale,
                "model_size": args.model_size}  # fmt: skip
     for name, noise in (("noise_on", 1.0), ("noise_off", 0.0)):
