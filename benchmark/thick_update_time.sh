@@ -5,10 +5,17 @@
 # DreamerV3 row measured just before it).
 #   bash benchmark/thick_update_time.sh                          # 12m, batch 16 x 64
 #   COARSE_DEC_DEPTH=4 bash benchmark/thick_update_time.sh       # + THICK with the cheaper coarse decoder (depth 4)
+#   JEMALLOC=1 bash benchmark/thick_update_time.sh               # under jemalloc (apt install libjemalloc2), which keeps
+#                                                                # freed pages: no page faults per update (README "Speed")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE="${SIZE:-12m}"; BATCH="${BATCH:-16}"; LENGTH="${LENGTH:-64}"; UPDATES="${UPDATES:-3}"; REPEATS="${REPEATS:-1}"
 COARSE_DEC_DEPTH="${COARSE_DEC_DEPTH:-0}"
+if [ "${JEMALLOC:-0}" = 1 ]; then
+  JE=$(ls /usr/lib/*/libjemalloc.so.2 /usr/lib/libjemalloc.so.2 2>/dev/null | head -n 1 || true)
+  [ -n "$JE" ] || { echo "JEMALLOC=1: libjemalloc.so.2 not found (apt install libjemalloc2)" >&2; exit 1; }
+  export LD_PRELOAD="$JE" MALLOC_CONF="${MALLOC_CONF:-narenas:1,dirty_decay_ms:-1,muzzy_decay_ms:-1}"
+fi
 run() {
   .venv/bin/python benchmark/thick_update_time.py --model-size "$SIZE" --batch-size "$BATCH" --batch-length "$LENGTH" \
     --updates "$UPDATES" "$@"
@@ -21,19 +28,20 @@ done
 .venv/bin/python - <<'PY'
 import json
 recs = [json.loads(line) for line in open("benchmark/results/thick_update_time.jsonl")]
-rows = ["| script | size | batch | params | compile s | s / update (median) | peak RSS GiB | load avg (1 min) | time |",
-        "|---|---|---|---|---|---|---|---|---|"]
+rows = ["| script | size | batch | allocator | params | compile s | s / update (median) | peak RSS GiB | load avg (1 min) | time |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
 for r in recs:
-    rows.append(f"| {r['script']} | {r['model_size']} | {r['batch'][0]}x{r['batch'][1]} | {r['params']:,} | {r['compile_s']} | "
+    rows.append(f"| {r['script']} | {r['model_size']} | {r['batch'][0]}x{r['batch'][1]} | {r.get('allocator', 'glibc')} | "
+                f"{r['params']:,} | {r['compile_s']} | "
                 f"{r['update_s_median']} | {r['peak_rss_gib']} | {r['load_avg'][0]:.1f} | {r['time']} |")
-rows += ["", "| size | batch | THICK variant | update-time ratio THICK / DreamerV3 | peak-RSS ratio | compile-time ratio |",
-         "|---|---|---|---|---|---|"]
+rows += ["", "| size | batch | allocator | THICK variant | update-time ratio THICK / DreamerV3 | peak-RSS ratio | compile-time ratio |",
+         "|---|---|---|---|---|---|---|"]
 base = None
-for r in recs:  # each THICK record against the latest DreamerV3 record of the same size and batch
+for r in recs:  # each THICK record against the latest DreamerV3 record of the same size, batch and allocator
     if r["script"] == "dreamerv3_jax":
         base = r
-    elif base and base["model_size"] == r["model_size"] and base["batch"] == r["batch"]:
-        rows.append(f"| {r['model_size']} | {r['batch'][0]}x{r['batch'][1]} | {r['script']} | "
+    elif base and all(base.get(k, "glibc") == r.get(k, "glibc") for k in ("model_size", "batch", "allocator")):
+        rows.append(f"| {r['model_size']} | {r['batch'][0]}x{r['batch'][1]} | {r.get('allocator', 'glibc')} | {r['script']} | "
                     f"{r['update_s_median'] / base['update_s_median']:.2f} | {r['peak_rss_gib'] / base['peak_rss_gib']:.2f} | "
                     f"{r['compile_s'] / base['compile_s']:.2f} |")
 open("benchmark/results/thick_update_time.md", "w").write("\n".join(rows) + "\n")

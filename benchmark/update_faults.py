@@ -54,6 +54,7 @@ def main():
         print(a.script, a.model_size, f"update {i}:", rows[-1], flush=True)
     rec = {"script": a.script, "model_size": a.model_size, "batch": [a.batch_size, a.batch_length], "updates": rows,
            "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""), "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", ""),
+           "LD_PRELOAD": os.environ.get("LD_PRELOAD", ""), "MALLOC_CONF": os.environ.get("MALLOC_CONF", ""),
            "load_avg": os.getloadavg(), "time": time.strftime("%Y-%m-%d %H:%M:%S"), "jax": jax.__version__}  # fmt: skip
     with open(a.out, "a") as f:
         f.write(json.dumps(rec) + "\n")
