@@ -8,6 +8,9 @@
 #   bash benchmark/dreamerv3_learning.sh plot
 #   bash benchmark/dreamerv3_learning.sh crafter_debug   # debug preset, many cheap updates (and the THICK twin:
 #   BETA=100 bash benchmark/thick_crafter.sh debug)      # compared by: bash benchmark/dreamerv3_learning.sh plot_debug
+#   bash benchmark/dreamerv3_learning.sh crafter_debug --actor-entropy 3e-3 --exp-name dreamerv3_crafter_debug_ent3e-3
+#   bash benchmark/dreamerv3_learning.sh crafter_debug --actor-entropy 1e-3 --exp-name dreamerv3_crafter_debug_ent1e-3
+#   bash benchmark/dreamerv3_learning.sh plot_ent        # the entropy-bonus runs against the default 3e-4
 # Flags after the mode are passed on to the script and override the ones here (the last occurrence wins), e.g.
 #   LR=1e-4 bash benchmark/dreamerv3_learning.sh crafter_r32 --seed 2 --checkpoint-replay
 set -euo pipefail
@@ -73,5 +76,17 @@ case "$MODE" in
       --random benchmark/results/crafter_random.json > benchmark/results/dreamerv3_crafter_debug_windows.json
     python benchmark/crafter_window.py "runs/crafter__thick_crafter_debug_lr1e-4_beta100__1__*" --window 8000 \
       --random benchmark/results/crafter_random.json > benchmark/results/thick_crafter_debug_windows.json
+    ;;
+  plot_ent)
+    # the crafter_debug run (entropy bonus 3e-4, the spec's) against 1e-3 and 3e-3 (one core each, 2 h each)
+    python benchmark/plot_curves.py --runs "runs/crafter__dreamerv3_crafter_debug_lr1e-4__1__*" \
+      "runs/crafter__dreamerv3_crafter_debug_ent1e-3__1__*" "runs/crafter__dreamerv3_crafter_debug_ent3e-3__1__*" \
+      --labels "entropy 3e-4 (default)" "entropy 1e-3" "entropy 3e-3" --smooth 20 --bin 4000 --baseline 1.37 \
+      --out benchmark/results/dreamerv3_crafter_debug_entropy.png \
+      --title "dreamerv3_jax.py, Crafter, debug, batch 8x32, ratio 32, lr 1e-4" > benchmark/results/dreamerv3_crafter_debug_entropy.json
+    for e in 1e-3 3e-3; do
+      python benchmark/crafter_window.py "runs/crafter__dreamerv3_crafter_debug_ent${e}__1__*" --window 8000 \
+        --random benchmark/results/crafter_random.json > "benchmark/results/dreamerv3_crafter_debug_ent${e}_windows.json"
+    done
     ;;
 esac
