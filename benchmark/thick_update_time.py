@@ -57,7 +57,8 @@ def main():
            "compile_s": round(compile_s, 1), "update_s": [round(t, 2) for t in times[1:]],
            "update_s_median": round(float(np.median(times[1:])), 2), "peak_rss_gib": round(rss_gib, 2),
            "load_avg": os.getloadavg(), "time": time.strftime("%Y-%m-%d %H:%M:%S"), "jax": jax.__version__,
-           "allocator": "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "glibc"}  # fmt: skip
+           "allocator": "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "glibc",
+           "malloc_conf": os.environ.get("MALLOC_CONF", "")}  # fmt: skip
     print(json.dumps(rec))
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "a") as f:

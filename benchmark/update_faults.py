@@ -4,6 +4,8 @@ of each of a few jitted train-step calls (Crafter shapes, random data), for drea
     XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
         python benchmark/update_faults.py --script dreamerv3_jax --model-size 12m        # one line per update
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python benchmark/update_faults.py ...            # transparent huge pages
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 \
+        MALLOC_CONF="narenas:1,dirty_decay_ms:-1,muzzy_decay_ms:-1" python benchmark/update_faults.py ...   # jemalloc
 
 XLA:CPU allocates each execution's temporary buffer with posix_memalign; glibc serves a block that large with a fresh
 mmap and returns it with munmap when the call ends (`strace -f -e trace=mmap,munmap` shows one 2.7 GiB mmap/munmap
