@@ -20,7 +20,6 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from saved_agent import load_agent  # noqa: E402
 from thick_sparsity import alignment  # noqa: E402
 

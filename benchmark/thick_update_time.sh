@@ -28,10 +28,12 @@ done
 .venv/bin/python - <<'PY'
 import json
 recs = [json.loads(line) for line in open("benchmark/results/thick_update_time.jsonl")]
+for r in recs:
+    r.setdefault("allocator", "glibc")  # records before the allocator field were all glibc
 rows = ["| script | size | batch | allocator | params | compile s | s / update (median) | peak RSS GiB | load avg (1 min) | time |",
         "|---|---|---|---|---|---|---|---|---|---|"]
 for r in recs:
-    rows.append(f"| {r['script']} | {r['model_size']} | {r['batch'][0]}x{r['batch'][1]} | {r.get('allocator', 'glibc')} | "
+    rows.append(f"| {r['script']} | {r['model_size']} | {r['batch'][0]}x{r['batch'][1]} | {r['allocator']} | "
                 f"{r['params']:,} | {r['compile_s']} | "
                 f"{r['update_s_median']} | {r['peak_rss_gib']} | {r['load_avg'][0]:.1f} | {r['time']} |")
 rows += ["", "| size | batch | allocator | THICK variant | update-time ratio THICK / DreamerV3 | peak-RSS ratio | compile-time ratio |",
@@ -40,8 +42,8 @@ base = None
 for r in recs:  # each THICK record against the latest DreamerV3 record of the same size, batch and allocator
     if r["script"] == "dreamerv3_jax":
         base = r
-    elif base and all(base.get(k, "glibc") == r.get(k, "glibc") for k in ("model_size", "batch", "allocator")):
-        rows.append(f"| {r['model_size']} | {r['batch'][0]}x{r['batch'][1]} | {r.get('allocator', 'glibc')} | {r['script']} | "
+    elif base and all(base[k] == r[k] for k in ("model_size", "batch", "allocator")):
+        rows.append(f"| {r['model_size']} | {r['batch'][0]}x{r['batch'][1]} | {r['allocator']} | {r['script']} | "
                     f"{r['update_s_median'] / base['update_s_median']:.2f} | {r['peak_rss_gib'] / base['peak_rss_gib']:.2f} | "
                     f"{r['compile_s'] / base['compile_s']:.2f} |")
 open("benchmark/results/thick_update_time.md", "w").write("\n".join(rows) + "\n")
