@@ -119,6 +119,10 @@ class Args:
     # optimizer
     learning_rate: float = 4e-5
     """learning rate of the single LaProp optimizer"""
+    actor_lr: Optional[float] = None
+    """learning rate of the actor's parameters (default: --learning-rate; the 2023 paper: 3e-5 with a model lr of 1e-4)"""
+    critic_lr: Optional[float] = None
+    """learning rate of the critic's parameters (default: --learning-rate; the 2023 paper: 3e-5)"""
     opt_eps: float = 1e-20
     """epsilon of LaProp's RMS normalisation"""
     agc: float = 0.3
@@ -661,8 +665,10 @@ class LaPropState(flax.struct.PyTreeNode):
     mu: Any  # EMA of the normalised update
 
 
-def laprop(lr: float, eps: float, agc: float, warmup: int, beta1: float = 0.9, beta2: float = 0.999, pmin: float = 1e-3):
-    """One optax transformation for the whole agent.
+def laprop(lr: float, eps: float, agc: float, warmup: int, beta1: float = 0.9, beta2: float = 0.999, pmin: float = 1e-3,
+           group_lr: Optional[dict] = None):
+    """One optax transformation for the whole agent. `group_lr` overrides lr for top-level parameter groups, e.g.
+    {"actor": 3e-5} (optional; v3-latest uses one lr for everything, the 2023 paper used separate optimizers).
 
     AGC (per tensor):  g <- g / max(1, ||g|| / (agc * max(pmin, ||theta||)))
     RMS:               nu <- b2 nu + (1 - b2) g^2,      u = g / (sqrt(nu / (1 - b2^n)) + eps)
@@ -680,8 +686,10 @@ def laprop(lr: float, eps: float, agc: float, warmup: int, beta1: float = 0.9, b
         nu = jax.tree.map(lambda v, g: beta2 * v + (1 - beta2) * g * g, state.nu, grads)
         u = jax.tree.map(lambda g, v: g / (jnp.sqrt(v / (1 - beta2**n)) + eps), grads, nu)
         mu = jax.tree.map(lambda m, x: beta1 * m + (1 - beta1) * x, state.mu, u)
-        rate = lr * jnp.minimum(state.count, warmup) / warmup if warmup > 0 else lr
-        updates = jax.tree.map(lambda m: -rate * m / (1 - beta1**n), mu)
+        ramp = jnp.minimum(state.count, warmup) / warmup if warmup > 0 else 1.0
+        lrs = {k: (group_lr or {}).get(k, lr) for k in mu} if isinstance(mu, dict) else lr
+        step = lambda r, sub: jax.tree.map(lambda m: -r * ramp * m / (1 - beta1**n), sub)  # one lr per group
+        updates = jax.tree.map(step, lrs, mu)  # lrs: a prefix tree of mu
         return updates, LaPropState(count=n, nu=nu, mu=mu)
 
     return optax.GradientTransformation(init, update)
@@ -836,7 +844,8 @@ class Agent:
         self.con = MLPHead(1, units, 1, outscale=1.0, dtype=dt)
         self.actor = MLPHead(3, units, self.act_dim * (1 if self.discrete else 2), outscale=0.01, dtype=dt)
         self.critic = MLPHead(3, units, 255, outscale=0.0, dtype=dt)
-        self.opt = laprop(args.learning_rate, args.opt_eps, args.agc, args.warmup)
+        group_lr = {k: v for k, v in (("actor", args.actor_lr), ("critic", args.critic_lr)) if v is not None}
+        self.opt = laprop(args.learning_rate, args.opt_eps, args.agc, args.warmup, group_lr=group_lr)
         self.gamma = 1.0 - 1.0 / args.horizon  # 0.996997 for horizon 333
         self.train_step = jax.jit(self._train_step, donate_argnums=0)
         self.policy_step = jax.jit(self._policy_step)

@@ -160,6 +160,20 @@ def test_laprop_matches_hand_computed_steps():
     assert not np.allclose(theta, [1.0, 2.0])  # the second step moved the parameters
 
 
+def test_laprop_group_lr_scales_only_that_group():
+    """--actor-lr / --critic-lr: the named group's step is the shared-lr step times lr_group / lr; others unchanged."""
+    p = {"actor": {"w": jnp.array([1.0, 2.0])}, "enc": {"w": jnp.array([3.0, -1.0])}}
+    g = {"actor": {"w": jnp.array([0.1, -0.2])}, "enc": {"w": jnp.array([0.3, 0.1])}}
+    shared, grouped = D.laprop(1e-3, 1e-20, 0.3, 0), D.laprop(1e-3, 1e-20, 0.3, 0, group_lr={"actor": 2.5e-4})
+    u1, _ = shared.update(g, shared.init(p), p)
+    u2, _ = grouped.update(g, grouped.init(p), p)
+    np.testing.assert_allclose(u2["actor"]["w"], 0.25 * u1["actor"]["w"], rtol=1e-6)
+    np.testing.assert_allclose(u2["enc"]["w"], u1["enc"]["w"], rtol=0)
+    np.testing.assert_allclose(u1["enc"]["w"], -1e-3 * np.sign([0.3, 0.1]), rtol=1e-5)  # first step: lr * g / |g|
+    args = D.Args(actor_lr=3e-5, critic_lr=2e-5)
+    assert D.Agent(args, gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2)).opt is not None  # builds with groups
+
+
 def test_learning_rate_warmup():
     args = D.Args()
     assert D.learning_rate_at(args, 0) == 0.0
