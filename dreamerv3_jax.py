@@ -115,6 +115,8 @@ class Args:
     """scale of the critic's regulariser toward the slow critic"""
     repval_scale: float = 0.3
     """scale of the replay critic loss (0 disables it)"""
+    reward_scale: float = 1.0
+    """scale of the reward-head loss (the official loss_scales.rew; >1 helps small models on sparse rewards, README)"""
 
     # optimizer
     learning_rate: float = 4e-5
@@ -1009,7 +1011,7 @@ class Agent:
         )
 
         terms = {  # every term already scaled as it enters the total
-            "wm_recon": loss_rec.mean(), "wm_reward": loss_rew.mean(), "wm_cont": loss_con.mean(),
+            "wm_recon": loss_rec.mean(), "wm_reward": args.reward_scale * loss_rew.mean(), "wm_cont": loss_con.mean(),
             "wm_kl_dyn": args.dyn_scale * loss_dyn.mean(), "wm_kl_rep": args.rep_scale * loss_rep.mean(),
             "actor": loss_actor.mean(), "critic": loss_critic.mean(), "repval": args.repval_scale * loss_repval.mean(),
         }  # fmt: skip

@@ -123,6 +123,8 @@ class Args:
     """scale of the critic's regulariser toward the slow critic"""
     repval_scale: float = 0.3
     """scale of the replay critic loss (0 disables it)"""
+    reward_scale: float = 1.0
+    """scale of the reward-head loss (the official loss_scales.rew; >1 helps small models on sparse rewards, README)"""
 
     # optimizer
     learning_rate: float = 4e-5
@@ -1324,12 +1326,14 @@ class Agent:
         )
 
         terms = {  # every term already scaled as it enters the total
-            "wm_recon": loss_rec.mean(), "wm_reward": loss_rew.mean(), "wm_cont": loss_con.mean(),
+            "wm_recon": loss_rec.mean(), "wm_reward": args.reward_scale * loss_rew.mean(), "wm_cont": loss_con.mean(),
             "wm_kl_dyn": args.dyn_scale * loss_dyn.mean(), "wm_kl_rep": args.rep_scale * loss_rep.mean(),
             "actor": loss_actor.mean(), "critic": loss_critic.mean(), "repval": args.repval_scale * loss_repval.mean(),
-            # THICK: coarse losses (scales: dec 2, reward 1, cont 1, dyn 1, rep 0.1), sparsity, high level, coarse critic
-            "wm_coarse_recon": args.coarse_dec_scale * loss_crec.mean(), "wm_coarse_reward": loss_crew.mean(),
-            "wm_coarse_cont": loss_ccon.mean(), "wm_coarse_kl_dyn": jnp.maximum(args.free_nats, ckl_dyn).mean(),
+            # THICK: coarse losses (scales: dec 2, reward as --reward-scale, cont 1, dyn 1, rep 0.1), sparsity, high level,
+            # coarse critic
+            "wm_coarse_recon": args.coarse_dec_scale * loss_crec.mean(),
+            "wm_coarse_reward": args.reward_scale * loss_crew.mean(), "wm_coarse_cont": loss_ccon.mean(),
+            "wm_coarse_kl_dyn": jnp.maximum(args.free_nats, ckl_dyn).mean(),
             "wm_coarse_kl_rep": args.coarse_rep_scale * jnp.maximum(args.free_nats, ckl_rep).mean(),
             "wm_sparse": args.sparse_scale * loss_sparse, "coarse_critic": loss_ccritic.mean(), **hl_terms,
         }  # fmt: skip

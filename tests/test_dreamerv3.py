@@ -264,6 +264,19 @@ def test_gradient_routing():
     assert recon["enc"] > 0 and recon["dec"] > 0 and all(recon[k] == 0 for k in ("actor", "critic", "rew", "con"))
 
 
+def test_reward_scale_multiplies_only_the_reward_term():
+    terms = {}
+    for scale in (1.0, 3.0):
+        agent = _agent("debug", imag_horizon=3, batch_size=2, batch_length=4, reward_scale=scale)
+        state = agent.init(jax.random.PRNGKey(0))
+        params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(2), x.shape), state.params)
+        batch, key = _random_batch(agent), jax.random.PRNGKey(1)
+        loss = jax.jit(lambda p, a=agent, s=state, b=batch, k=key: a.loss(p, s.slow_critic, s.retnorm, b, k))
+        terms[scale] = {k: float(v) for k, v in loss(params)[1][0].items()}
+    assert terms[3.0]["wm_reward"] == pytest.approx(3 * terms[1.0]["wm_reward"], rel=1e-5) and terms[1.0]["wm_reward"] > 0
+    assert all(terms[3.0][k] == pytest.approx(v, rel=1e-5) for k, v in terms[1.0].items() if k != "wm_reward")
+
+
 def test_train_step_reduces_loss_and_keeps_shapes():
     agent = _agent("debug", imag_horizon=3, batch_size=2, batch_length=4, learning_rate=1e-3, warmup=1)
     state = agent.init(jax.random.PRNGKey(0))
