@@ -11,6 +11,9 @@
 #   bash benchmark/dreamerv3_learning.sh crafter_debug --actor-entropy 3e-3 --exp-name dreamerv3_crafter_debug_ent3e-3
 #   bash benchmark/dreamerv3_learning.sh crafter_debug --actor-entropy 1e-3 --exp-name dreamerv3_crafter_debug_ent1e-3
 #   bash benchmark/dreamerv3_learning.sh plot_ent        # the entropy-bonus runs against the default 3e-4
+#   LR=3e-4 bash benchmark/dreamerv3_learning.sh crafter_debug --actor-lr 1e-4 --critic-lr 1e-4 \
+#     --exp-name dreamerv3_crafter_debug_wm3e-4_ac1e-4            # (+ --reward-scale 10 --exp-name ..._rew10)
+#   bash benchmark/dreamerv3_learning.sh plot_rew        # those two against crafter_debug
 # Flags after the mode are passed on to the script and override the ones here (the last occurrence wins), e.g.
 #   LR=1e-4 bash benchmark/dreamerv3_learning.sh crafter_r32 --seed 2 --checkpoint-replay
 set -euo pipefail
@@ -87,6 +90,19 @@ case "$MODE" in
     for e in 1e-3 3e-3; do
       python benchmark/crafter_window.py "runs/crafter__dreamerv3_crafter_debug_ent${e}__1__*" --window 8000 \
         --random benchmark/results/crafter_random.json > "benchmark/results/dreamerv3_crafter_debug_ent${e}_windows.json"
+    done
+    ;;
+  plot_rew)
+    # per-group lrs (model 3e-4, actor and critic 1e-4: the HIEROS recipe's rates) with and without --reward-scale 10,
+    # against the crafter_debug run (one lr 1e-4); one core each. The checkpoints are diagnosed by imagined_reward.py.
+    python benchmark/plot_curves.py --runs "runs/crafter__dreamerv3_crafter_debug_lr1e-4__1__*" \
+      "runs/crafter__dreamerv3_crafter_debug_wm3e-4_ac1e-4__1__*" "runs/crafter__dreamerv3_crafter_debug_wm3e-4_ac1e-4_rew10__1__*" \
+      --labels "lr 1e-4 (all)" "model 3e-4, actor/critic 1e-4" "same + reward scale 10" --smooth 20 --bin 4000 --baseline 1.37 \
+      --out benchmark/results/dreamerv3_crafter_debug_rew.png \
+      --title "dreamerv3_jax.py, Crafter, debug, batch 8x32, ratio 32" > benchmark/results/dreamerv3_crafter_debug_rew.json
+    for e in wm3e-4_ac1e-4 wm3e-4_ac1e-4_rew10; do
+      python benchmark/crafter_window.py "runs/crafter__dreamerv3_crafter_debug_${e}__1__*" --window 8000 \
+        --random benchmark/results/crafter_random.json > "benchmark/results/dreamerv3_crafter_debug_${e}_windows.json"
     done
     ;;
 esac

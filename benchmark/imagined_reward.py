@@ -9,8 +9,9 @@ posterior the model infers from the data) it compares, per action a:
   model_all  the same over all states                (what imagination sees when the actor tries a anywhere)
   policy     pi(a | s_t) averaged over the states     (what the actor does now)
 A model that learned the reward gives model ~ data; model >> data for the action the actor committed to means the
-actor exploits a reward the world model invents. Works for dreamerv3_jax.py and thick_dreamer_jax.py checkpoints
-(THICK: one imagined step with the gates of the C-RSSM, gate noise off).
+actor exploits a reward the world model invents; model ~ model_all ~ constant means the model has not learned which
+actions pay. `post` is the reward head on the posterior after the step (the model sees the outcome), and the last
+line compares both at the steps where an achievement was unlocked. dreamerv3_jax.py checkpoints only.
 """
 
 import argparse
