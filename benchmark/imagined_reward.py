@@ -31,6 +31,74 @@ NAMES = ["noop", "move_left", "move_right", "move_up", "move_down", "do", "sleep
          "make_stone_sword", "make_iron_sword"]  # fmt: skip  (crafter's action order)
 
 
+def load_replay(path: str) -> tuple:
+    """(data arrays (E, C, ...), count (E,), pos (E,), capacity) of a `checkpoint.ckpt.replay.npz`."""
+    rs = np.load(path)
+    return {k[5:]: rs[k] for k in rs.files if k.startswith("data_")}, rs["count"], rs["pos"], int(rs["capacity"])
+
+
+def windows(data, count, pos, cap, n: int, length: int, rng, first: int = 0, last: int = 0) -> dict:
+    """n windows of `length` steps, from the steps [first, first + last) of each env's stream in time order (last=0:
+    to the end); the default is every written step."""
+    env = rng.integers(0, len(count), n)
+    held = np.minimum(count[env], cap)  # steps still in the buffer, oldest at (pos - held)
+    hi = np.minimum(held, first + last) if last else held
+    start = first + (rng.random(n) * (hi - first - length)).astype(int)
+    idx = (pos[env][:, None] - held[:, None] + start[:, None] + np.arange(length)) % cap  # (n, length)
+    return {k: v[env[:, None], idx] for k, v in data.items()}
+
+
+def diagnose(mod, agent, params, batch, seed: int = 0, samples: int = 4, zero_start: bool = False) -> dict:
+    """Per action: data reward after it, one-step imagined reward, posterior reward, policy; and the reward events."""
+    p, b = params, mod.bins()
+    embed = agent.enc.apply({"params": p["enc"]}, jnp.asarray(batch["obs"][:, 1:]))
+    first = jnp.asarray(batch["is_first"][:, 1:])
+    if zero_start:  # a model that did not write the stored latents starts every window from zeros
+        h0, z0 = jnp.zeros((len(embed), agent.deter)), jnp.zeros((len(embed), agent.stoch, agent.classes))
+        first = first.at[:, 0].set(True)
+    else:
+        h0 = jnp.asarray(batch["deter"][:, 0], jnp.float32)
+        z0 = jax.nn.one_hot(jnp.asarray(batch["stoch"][:, 0]), agent.classes)
+    h, z, _ = agent.observe(p, h0, z0, embed, jnp.asarray(batch["action"][:, :-1]), first, jax.random.PRNGKey(seed))
+    post_rew = np.asarray(mod.twohot_mean(agent.head("rew", p["rew"], agent.feat(h, z)), b)[:, 1:]).ravel()  # rew(s_{t+1})
+    h, z = h[:, :-1].reshape(-1, agent.deter), z[:, :-1].reshape(-1, agent.stoch, agent.classes)  # states s_1..s_{T-1}
+    act = batch["action"][:, 1:-1].argmax(-1).ravel()  # a_t taken at s_t
+    rew_next = batch["reward"][:, 2:].ravel()  # r_{t+1}
+    ok = ~(batch["is_last"][:, 1:-1] | batch["is_first"][:, 2:]).ravel()  # a real transition follows s_t
+
+    @jax.jit
+    def imagined(h, z, key):  # (N, D), (N, S, K) -> (A, N) expected reward after one step with each action forced
+        def one(a, k):
+            onehot = jnp.broadcast_to(jax.nn.one_hot(a, agent.act_dim), (h.shape[0], agent.act_dim))
+            hn = agent.core(p, h, z, onehot)
+            logits = agent.prior(p, hn)
+            zs = jax.vmap(lambda kk: mod.sample_onehot(kk, logits))(jax.random.split(k, samples))
+            r = jax.vmap(lambda zz: mod.twohot_mean(agent.head("rew", p["rew"], agent.feat(hn, zz)), b))(zs)
+            return r.mean(0)
+
+        return jax.lax.map(lambda ak: one(*ak), (jnp.arange(agent.act_dim), jax.random.split(key, agent.act_dim)))
+
+    model = np.asarray(imagined(h, z, jax.random.PRNGKey(seed + 1)))  # (A, N)
+    _, logp, _ = agent.policy(p, agent.feat(h, z))
+    pi = np.asarray(jnp.exp(jax.vmap(lambda i: logp(jax.nn.one_hot(i, agent.act_dim)))(jnp.arange(agent.act_dim))))  # (A, N)
+    rnd = lambda v: round(float(v), 4)
+    rows = {}
+    for i, name in enumerate(NAMES[: agent.act_dim]):
+        sel = ok & (act == i)
+        rows[name] = {"n": int(sel.sum()), "data": rnd(rew_next[sel].mean()) if sel.any() else None,
+                      "data_p_achv": rnd((rew_next[sel] > 0.5).mean()) if sel.any() else None,
+                      "model": rnd(model[i, sel].mean()) if sel.any() else None,
+                      "post": rnd(post_rew[sel].mean()) if sel.any() else None,
+                      "model_all": rnd(model[i, ok].mean()), "policy": rnd(pi[i, ok].mean())}  # fmt: skip
+    # the steps where an achievement was unlocked (r > 0.5): does the model see them coming, or only once they happened?
+    hit = ok & (rew_next > 0.5)
+    taken = model[act, np.arange(len(act))]  # imagined reward for the action that was actually taken
+    events = {"n": int(hit.sum()), "post_at_event": rnd(post_rew[hit].mean()) if hit.any() else None,
+              "model_at_event": rnd(taken[hit].mean()) if hit.any() else None,
+              "post_elsewhere": rnd(post_rew[ok & ~hit].mean()), "model_elsewhere": rnd(taken[ok & ~hit].mean())}  # fmt: skip
+    return {"actions": rows, "events": events}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("checkpoint")
@@ -40,71 +108,18 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     mod, agent, params, args = load_agent(a.checkpoint, scripts=("dreamerv3_jax",))
-    rs = np.load(a.checkpoint + ".replay.npz")
-    data = {k[5:]: rs[k] for k in rs.files if k.startswith("data_")}
-    count, pos, cap = rs["count"], rs["pos"], int(rs["capacity"])
-    L, rng = args.batch_length + 1, np.random.default_rng(a.seed)
-    env = rng.integers(0, len(count), a.windows)
-    n_env = np.minimum(count[env], min(cap, a.last))  # newest steps of each sampled env
-    start = (pos[env] - n_env + (rng.random(a.windows) * (n_env - L)).astype(int)) % cap
-    idx = (start[:, None] + np.arange(L)) % cap  # (W, L)
-    batch = {k: v[env[:, None], idx] for k, v in data.items()}
-
-    p, b = params, mod.bins()
-    embed = agent.enc.apply({"params": p["enc"]}, jnp.asarray(batch["obs"][:, 1:]))
-    h0 = jnp.asarray(batch["deter"][:, 0], jnp.float32)
-    z0 = jax.nn.one_hot(jnp.asarray(batch["stoch"][:, 0]), agent.classes)
-    key = jax.random.PRNGKey(a.seed)
-    h, z, _ = agent.observe(p, h0, z0, embed, jnp.asarray(batch["action"][:, :-1]), jnp.asarray(batch["is_first"][:, 1:]), key)
-    post_rew = mod.twohot_mean(agent.head("rew", p["rew"], agent.feat(h, z)), b)[:, 1:].ravel()  # rew(s_{t+1}), posterior
-    h, z = h[:, :-1].reshape(-1, agent.deter), z[:, :-1].reshape(-1, agent.stoch, agent.classes)  # states s_1..s_{T-1}
-    act = batch["action"][:, 1:-1].argmax(-1).ravel()  # a_t taken at s_t
-    rew_next = batch["reward"][:, 2:].ravel()  # r_{t+1}
-    ok = ~(batch["is_last"][:, 1:-1] | batch["is_first"][:, 2:]).ravel()  # a real transition follows s_t
-
-    a_samples = a.samples
-
-    @jax.jit
-    def imagined(h, z, key):  # (N, D), (N, S, K) -> (A, N) expected reward after one step with each action forced
-        def one(a, k):
-            onehot = jnp.broadcast_to(jax.nn.one_hot(a, agent.act_dim), (h.shape[0], agent.act_dim))
-            hn = agent.core(p, h, z, onehot)
-            logits = agent.prior(p, hn)
-            zs = jax.vmap(lambda kk: mod.sample_onehot(kk, logits))(jax.random.split(k, a_samples))
-            r = jax.vmap(lambda zz: mod.twohot_mean(agent.head("rew", p["rew"], agent.feat(hn, zz)), b))(zs)
-            return r.mean(0)
-
-        return jax.lax.map(lambda ak: one(*ak), (jnp.arange(agent.act_dim), jax.random.split(key, agent.act_dim)))
-
-    model = np.asarray(imagined(h, z, jax.random.PRNGKey(a.seed + 1)))  # (A, N)
-    _, logp, _ = agent.policy(p, agent.feat(h, z))
-    pi = np.asarray(jnp.exp(jax.vmap(lambda i: logp(jax.nn.one_hot(i, agent.act_dim)))(jnp.arange(agent.act_dim))))  # (A, N)
-    rows = {}
-    for i, name in enumerate(NAMES[: agent.act_dim]):
-        sel = ok & (act == i)
-        rows[name] = {
-            "n": int(sel.sum()),
-            "data": round(float(rew_next[sel].mean()), 4) if sel.any() else None,
-            "data_p_achv": round(float((rew_next[sel] > 0.5).mean()), 4) if sel.any() else None,
-            "model": round(float(model[i, sel].mean()), 4) if sel.any() else None,
-            "post": round(float(post_rew[sel].mean()), 4) if sel.any() else None,
-            "model_all": round(float(model[i, ok].mean()), 4),
-            "policy": round(float(pi[i, ok].mean()), 4),
-        }
+    data, count, pos, cap = load_replay(a.checkpoint + ".replay.npz")
+    held = int(np.minimum(count, cap).min())
+    rng = np.random.default_rng(a.seed)
+    batch = windows(data, count, pos, cap, a.windows, args.batch_length + 1, rng, first=max(0, held - a.last))
+    out = diagnose(mod, agent, params, batch, a.seed, a.samples)
     print(f"{'action':<20}{'n':>6}{'data':>9}{'P(ach)':>9}{'model':>9}{'post':>9}{'model_all':>11}{'policy':>9}")
-    for name, r in rows.items():
-        fmt = lambda v: f"{v:9.3f}" if v is not None else f"{'-':>9}"
+    fmt = lambda v: f"{v:9.3f}" if v is not None else f"{'-':>9}"
+    for name, r in out["actions"].items():
         print(f"{name:<20}{r['n']:>6}{fmt(r['data'])}{fmt(r['data_p_achv'])}{fmt(r['model'])}{fmt(r['post'])}"
               f"{r['model_all']:11.3f}{r['policy']:9.3f}")  # fmt: skip
-    # the steps where an achievement was unlocked (r >= 0.9): does the model see them coming, or only once they happened?
-    hit = ok & (rew_next > 0.5)
-    taken = model[act, np.arange(len(act))]  # imagined reward for the action that was actually taken
-    events = {"n": int(hit.sum()), "post_at_event": round(float(post_rew[hit].mean()), 4) if hit.any() else None,
-              "model_at_event": round(float(taken[hit].mean()), 4) if hit.any() else None,
-              "post_elsewhere": round(float(post_rew[ok & ~hit].mean()), 4),
-              "model_elsewhere": round(float(taken[ok & ~hit].mean()), 4)}  # fmt: skip
-    print("reward events:", events)
-    print(json.dumps({"checkpoint": a.checkpoint, "windows": a.windows, "last": a.last, "actions": rows, "events": events}))
+    print("reward events:", out["events"])
+    print(json.dumps({"checkpoint": a.checkpoint, "windows": a.windows, "last": a.last, **out}))
 
 
 if __name__ == "__main__":
