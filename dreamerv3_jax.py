@@ -694,7 +694,7 @@ def laprop(lr: float, eps: float, agc: float, warmup: int, beta1: float = 0.9, b
         u = jax.tree.map(lambda g, v: g / (jnp.sqrt(v / (1 - beta2**n)) + eps), grads, nu)
         mu = jax.tree.map(lambda m, x: beta1 * m + (1 - beta1) * x, state.mu, u)
         ramp = jnp.minimum(state.count, warmup) / warmup if warmup > 0 else 1.0
-        lrs = {k: (group_lr or {}).get(k, lr) for k in mu} if isinstance(mu, dict) else lr
+        lrs = {k: (group_lr or {}).get(k, lr) for k in mu}  # the agent's parameters are a dict of modules
         step = lambda r, sub: jax.tree.map(lambda m: -r * ramp * m / (1 - beta1**n), sub)  # one lr per group
         updates = jax.tree.map(step, lrs, mu)  # lrs: a prefix tree of mu
         return updates, LaPropState(count=n, nu=nu, mu=mu)
@@ -851,7 +851,8 @@ class Agent:
         self.con = MLPHead(1, units, 1, outscale=1.0, dtype=dt)
         self.actor = MLPHead(3, units, self.act_dim * (1 if self.discrete else 2), outscale=0.01, dtype=dt)
         self.critic = MLPHead(3, units, 255, outscale=0.0, dtype=dt)
-        group_lr = {k: v for k, v in (("actor", args.actor_lr), ("critic", args.critic_lr)) if v is not None}
+        groups = (("actor", args.actor_lr), ("critic", args.critic_lr))
+        group_lr = {k: v for k, v in groups if v is not None}
         self.opt = laprop(args.learning_rate, args.opt_eps, args.agc, args.warmup, group_lr=group_lr)
         self.gamma = 1.0 - 1.0 / args.horizon  # 0.996997 for horizon 333
         self.train_step = jax.jit(self._train_step, donate_argnums=0)

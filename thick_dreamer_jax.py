@@ -872,7 +872,7 @@ def laprop(lr: float, eps: float, agc: float, warmup: int, beta1: float = 0.9, b
         u = jax.tree.map(lambda g, v: g / (jnp.sqrt(v / (1 - beta2**n)) + eps), grads, nu)
         mu = jax.tree.map(lambda m, x: beta1 * m + (1 - beta1) * x, state.mu, u)
         ramp = jnp.minimum(state.count, warmup) / warmup if warmup > 0 else 1.0
-        lrs = {k: (group_lr or {}).get(k, lr) for k in mu} if isinstance(mu, dict) else lr
+        lrs = {k: (group_lr or {}).get(k, lr) for k in mu}  # the agent's parameters are a dict of modules
         step = lambda r, sub: jax.tree.map(lambda m: -r * ramp * m / (1 - beta1**n), sub)  # one lr per group
         updates = jax.tree.map(step, lrs, mu)  # lrs: a prefix tree of mu
         return updates, LaPropState(count=n, nu=nu, mu=mu)
@@ -1043,9 +1043,8 @@ class Agent:
         self.ccon = MLPHead(1, units, 1, outscale=1.0, dtype=dt)
         self.ccritic = MLPHead(3, units, 255, outscale=0.0, dtype=dt)
         self.hl = HighLevelModel(self.stoch, self.classes, act_out, args.hl_actions, units, args.latent_unimix, dt)
-        group_lr = {k: v for k, v in (("actor", args.actor_lr), ("critic", args.critic_lr)) if v is not None}
-        if args.critic_lr is not None:  # THICK: the coarse critic learns at the critic's rate too
-            group_lr["ccritic"] = args.critic_lr
+        groups = (("actor", args.actor_lr), ("critic", args.critic_lr), ("ccritic", args.critic_lr))  # THICK: + ccritic
+        group_lr = {k: v for k, v in groups if v is not None}
         self.opt = laprop(args.learning_rate, args.opt_eps, args.agc, args.warmup, group_lr=group_lr)
         self.gamma = 1.0 - 1.0 / args.horizon  # 0.996997 for horizon 333
         self.train_step = jax.jit(self._train_step, donate_argnums=0)

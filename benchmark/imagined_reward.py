@@ -15,6 +15,7 @@ line compares both at the steps where an achievement was unlocked. dreamerv3_jax
 """
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -48,39 +49,43 @@ def windows(data, count, pos, cap, n: int, length: int, rng, first: int = 0, las
     return {k: v[env[:, None], idx] for k, v in data.items()}
 
 
-def diagnose(mod, agent, params, batch, seed: int = 0, samples: int = 4, zero_start: bool = False) -> dict:
-    """Per action: data reward after it, one-step imagined reward, posterior reward, policy; and the reward events."""
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _predict(mod, agent, samples, zero_start, params, obs, action, first, deter, stoch, k_obs, k_img):
+    """The model's side of diagnose() in one compiled program (cached across calls with the same shapes): the reward
+    head on the posterior after each step (N,), one imagined step per forced action (A, N), and the policy (A, N)."""
     p, b = params, mod.bins()
-    embed = agent.enc.apply({"params": p["enc"]}, jnp.asarray(batch["obs"][:, 1:]))
-    first = jnp.asarray(batch["is_first"][:, 1:])
+    embed = agent.enc.apply({"params": p["enc"]}, obs[:, 1:])
+    first = first[:, 1:]
     if zero_start:  # a model that did not write the stored latents starts every window from zeros
         h0, z0 = jnp.zeros((len(embed), agent.deter)), jnp.zeros((len(embed), agent.stoch, agent.classes))
         first = first.at[:, 0].set(True)
     else:
-        h0 = jnp.asarray(batch["deter"][:, 0], jnp.float32)
-        z0 = jax.nn.one_hot(jnp.asarray(batch["stoch"][:, 0]), agent.classes)
-    h, z, _ = agent.observe(p, h0, z0, embed, jnp.asarray(batch["action"][:, :-1]), first, jax.random.PRNGKey(seed))
-    post_rew = np.asarray(mod.twohot_mean(agent.head("rew", p["rew"], agent.feat(h, z)), b)[:, 1:]).ravel()  # rew(s_{t+1})
+        h0, z0 = deter[:, 0].astype(jnp.float32), jax.nn.one_hot(stoch[:, 0], agent.classes)
+    h, z, _ = agent.observe(p, h0, z0, embed, action[:, :-1], first, k_obs)
+    post_rew = mod.twohot_mean(agent.head("rew", p["rew"], agent.feat(h, z)), b)[:, 1:].ravel()  # rew(s_{t+1})
     h, z = h[:, :-1].reshape(-1, agent.deter), z[:, :-1].reshape(-1, agent.stoch, agent.classes)  # states s_1..s_{T-1}
+
+    def one(a, k):  # expected reward after one imagined step with action a forced, averaged over prior samples
+        onehot = jnp.broadcast_to(jax.nn.one_hot(a, agent.act_dim), (h.shape[0], agent.act_dim))
+        hn = agent.core(p, h, z, onehot)
+        logits = agent.prior(p, hn)
+        zs = jax.vmap(lambda kk: mod.sample_onehot(kk, logits))(jax.random.split(k, samples))
+        return jax.vmap(lambda zz: mod.twohot_mean(agent.head("rew", p["rew"], agent.feat(hn, zz)), b))(zs).mean(0)
+
+    model = jax.lax.map(lambda ak: one(*ak), (jnp.arange(agent.act_dim), jax.random.split(k_img, agent.act_dim)))
+    _, logp, _ = agent.policy(p, agent.feat(h, z))
+    pi = jnp.exp(jax.vmap(lambda i: logp(jax.nn.one_hot(i, agent.act_dim)))(jnp.arange(agent.act_dim)))
+    return post_rew, model, pi
+
+
+def diagnose(mod, agent, params, batch, seed: int = 0, samples: int = 4, zero_start: bool = False) -> dict:
+    """Per action: data reward after it, one-step imagined reward, posterior reward, policy; and the reward events."""
+    arrays = [jnp.asarray(batch[k]) for k in ("obs", "action", "is_first", "deter", "stoch")]
+    keys = jax.random.PRNGKey(seed), jax.random.PRNGKey(seed + 1)  # observe, imagine
+    post_rew, model, pi = map(np.asarray, _predict(mod, agent, samples, zero_start, params, *arrays, *keys))
     act = batch["action"][:, 1:-1].argmax(-1).ravel()  # a_t taken at s_t
     rew_next = batch["reward"][:, 2:].ravel()  # r_{t+1}
     ok = ~(batch["is_last"][:, 1:-1] | batch["is_first"][:, 2:]).ravel()  # a real transition follows s_t
-
-    @jax.jit
-    def imagined(h, z, key):  # (N, D), (N, S, K) -> (A, N) expected reward after one step with each action forced
-        def one(a, k):
-            onehot = jnp.broadcast_to(jax.nn.one_hot(a, agent.act_dim), (h.shape[0], agent.act_dim))
-            hn = agent.core(p, h, z, onehot)
-            logits = agent.prior(p, hn)
-            zs = jax.vmap(lambda kk: mod.sample_onehot(kk, logits))(jax.random.split(k, samples))
-            r = jax.vmap(lambda zz: mod.twohot_mean(agent.head("rew", p["rew"], agent.feat(hn, zz)), b))(zs)
-            return r.mean(0)
-
-        return jax.lax.map(lambda ak: one(*ak), (jnp.arange(agent.act_dim), jax.random.split(key, agent.act_dim)))
-
-    model = np.asarray(imagined(h, z, jax.random.PRNGKey(seed + 1)))  # (A, N)
-    _, logp, _ = agent.policy(p, agent.feat(h, z))
-    pi = np.asarray(jnp.exp(jax.vmap(lambda i: logp(jax.nn.one_hot(i, agent.act_dim)))(jnp.arange(agent.act_dim))))  # (A, N)
     rnd = lambda v: round(float(v), 4)
     rows = {}
     for i, name in enumerate(NAMES[: agent.act_dim]):
