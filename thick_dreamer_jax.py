@@ -707,7 +707,9 @@ class RSSM(nn.Module):
 class Decoder(nn.Module):
     """Image (spec 1.5): h -> BlockLinear to a 4x4xC map (block k = channels k*C/8 ..), z -> MLP -> 4x4xC; their sum
     -> RMSNorm -> SiLU; 3 x [upsample -> Conv5x5 -> RMSNorm -> SiLU] with C = 4d, 3d, 2d; upsample -> Conv5x5 ->
-    sigmoid, 4 -> 8 -> 16 -> 32 -> 64. Vector: 3 x [Linear -> RMSNorm -> SiLU] on [z, h] -> prediction of symlog(x)."""
+    sigmoid, 4 -> 8 -> 16 -> 32 -> 64. Vector: 3 x [Linear -> RMSNorm -> SiLU] on [z, h] -> prediction of symlog(x).
+    THICK: the fine decoder gets [z, c] where z goes (thick spec 1.2); the coarse decoder is this module with c in
+    place of h, a single block and no ctx."""
 
     depth: int
     units: int
@@ -717,8 +719,10 @@ class Decoder(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, h, z):  # (..., D), (..., S, K) -> (..., *out_shape)
+    def __call__(self, h, z, ctx=None):  # (..., D), (..., S, K), (..., C) or None -> (..., *out_shape)
         lead, zf = h.shape[:-1], z.reshape(*z.shape[:-2], -1)
+        if ctx is not None:  # THICK: the fine decoder also sees c_t (fine heads on [h, z, c]); it joins z's branch
+            zf = jnp.concatenate([zf, ctx.astype(zf.dtype)], -1)
         if not self.image:
             x = jnp.concatenate([zf.astype(self.dtype), h.astype(self.dtype)], -1)
             for _ in range(3):
@@ -1062,7 +1066,7 @@ class Agent:
         params = {"enc": self.enc.init(k[0], obs)["params"]}
         embed = self.enc.apply({"params": params["enc"]}, obs)
         params["rssm"] = self.rssm.init(k[1], h, z, jnp.zeros((1, self.act_dim)), embed, c)["params"]
-        params["dec"] = self.dec.init(k[2], h, z)["params"]
+        params["dec"] = self.dec.init(k[2], h, z, c)["params"]  # THICK: c joins the fine decoder's input
         for name, i in (("rew", 3), ("con", 4), ("actor", 5), ("critic", 6)):
             params[name] = getattr(self, name).init(k[i], feat)["params"]
         # THICK: coarse decoder, coarse reward / continue / critic, high-level model
@@ -1243,7 +1247,7 @@ class Agent:
         c = thick["c"]  # (B, T, C)
         prior = self.prior(params, h, c)  # (B, T, S, K), batched outside the scan: it depends on h and c only
         feat = self.feat(h, z, c)  # (B, T, F)
-        recon = self.dec.apply({"params": params["dec"]}, h, z)
+        recon = self.dec.apply({"params": params["dec"]}, h, z, c)
         if self.image:  # L_img = sum over pixels of (dec - o/255)^2
             loss_rec = jnp.sum((recon - obs.astype(jnp.float32) / 255.0) ** 2, (-3, -2, -1))
         else:  # L_vec = sum over dims of (dec - symlog(x))^2
@@ -1422,7 +1426,7 @@ class Agent:
         h = jnp.concatenate([h, jnp.swapaxes(oh, 0, 1)], 1)
         z = jnp.concatenate([z, jnp.swapaxes(oz, 0, 1)], 1)
         c = jnp.concatenate([thick["c"], jnp.swapaxes(oc, 0, 1)], 1)
-        model = self.dec.apply({"params": params["dec"]}, h, z)
+        model = self.dec.apply({"params": params["dec"]}, h, z, c)
         coarse = self.cdec.apply({"params": params["cdec"]}, c, z)
         truth = obs.astype(jnp.float32) / 255.0
         video = jnp.concatenate([truth, model, (model - truth + 1) / 2, coarse], 3)  # side by side along the width

@@ -335,6 +335,18 @@ def test_hl_step_gate_reproduces_the_c_rssm_context_bitwise(agent, state):
     assert float(jnp.abs(gh).sum()) == 0 and float(jnp.abs(ge[:, 0]).sum()) == 0
 
 
+def test_fine_decoder_sees_the_context_coarse_decoder_not_h(agent, state):
+    """Fine heads take [h, z, c] (thick spec 1.2), the fine decoder included; the coarse decoder takes [c, z] only."""
+    p, n = state.params, 3
+    h = jax.random.normal(jax.random.PRNGKey(1), (n, agent.deter))
+    z = jax.nn.one_hot(jnp.zeros((n, agent.stoch), jnp.int32), agent.classes)
+    c = jax.random.normal(jax.random.PRNGKey(2), (n, agent.ctx))
+    fine = lambda c: jnp.sum(agent.dec.apply({"params": p["dec"]}, h, z, c) ** 2)
+    assert float(jnp.abs(jax.grad(fine)(c)).sum()) > 0
+    coarse = lambda c, z: agent.cdec.apply({"params": p["cdec"]}, c, z)  # h is not an argument
+    assert coarse(c, z).shape == agent.dec.apply({"params": p["dec"]}, h, z, c).shape
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # stop-gradients of the full loss (9.7), metric identities (9.16)
 # ---------------------------------------------------------------------------------------------------------------------
