@@ -14,6 +14,11 @@
 #   LR=3e-4 bash benchmark/dreamerv3_learning.sh crafter_debug --actor-lr 1e-4 --critic-lr 1e-4 \
 #     --exp-name dreamerv3_crafter_debug_wm3e-4_ac1e-4            # (+ --reward-scale 10 --exp-name ..._rew10)
 #   bash benchmark/dreamerv3_learning.sh plot_rew        # those two against crafter_debug
+#   bash benchmark/dreamerv3_learning.sh crafter_debug --opt-eps 1e-5 --exp-name dreamerv3_crafter_debug_eps1e-5
+#   LR=3e-4 bash benchmark/dreamerv3_learning.sh crafter_debug --actor-lr 1e-4 --critic-lr 1e-4 --opt-eps 1e-5 \
+#     --exp-name dreamerv3_crafter_debug_wm3e-4_ac1e-4_eps1e-5
+#   STEPS=200000 EXP=hieros_crafter_L1 bash benchmark/hieros_crafter.sh --max-hierarchy 1 --checkpoint-every 10000 --save-model
+#   bash benchmark/dreamerv3_learning.sh plot_flat       # those three: flat agents, same budget (returns and entropy)
 # Flags after the mode are passed on to the script and override the ones here (the last occurrence wins), e.g.
 #   LR=1e-4 bash benchmark/dreamerv3_learning.sh crafter_r32 --seed 2 --checkpoint-replay
 set -euo pipefail
@@ -103,6 +108,22 @@ case "$MODE" in
     for e in wm3e-4_ac1e-4 wm3e-4_ac1e-4_rew10; do
       python benchmark/crafter_window.py "runs/crafter__dreamerv3_crafter_debug_${e}__1__*" --window 8000 \
         --random benchmark/results/crafter_random.json > "benchmark/results/dreamerv3_crafter_debug_${e}_windows.json"
+    done
+    ;;
+  plot_flat)
+    # optimizer epsilon 1e-5 (Adam-like: the actor's tiny gradients then move it at a fraction of the lr) and the flat
+    # HIEROS agent (S5 world model, AdamW, --max-hierarchy 1) with the crafter_debug budget; one core each, ~1.5 h each
+    RUNS=("runs/crafter__dreamerv3_crafter_debug_eps1e-5__1__*" "runs/crafter__dreamerv3_crafter_debug_wm3e-4_ac1e-4_eps1e-5__1__*"
+          "runs/crafter__hieros_crafter_L1__1__*")
+    LABELS=("DreamerV3, lr 1e-4, eps 1e-5" "DreamerV3, model 3e-4, actor/critic 1e-4, eps 1e-5" "HIEROS flat (1 level)")
+    python benchmark/plot_curves.py --runs "${RUNS[@]}" --labels "${LABELS[@]}" --smooth 20 --bin 4000 --baseline 1.37 \
+      --out benchmark/results/crafter_debug_flat.png --title "Flat agents, Crafter, debug, batch 8x32, ratio 32" \
+      > benchmark/results/crafter_debug_flat.json
+    python benchmark/plot_curves.py --runs "${RUNS[@]}" --labels "${LABELS[@]}" --tag losses/entropy losses/entropy_L0 \
+      --smooth 1 --out benchmark/results/crafter_debug_flat_entropy.png --title "Actor entropy (nats)" > /dev/null
+    for e in dreamerv3_crafter_debug_eps1e-5 dreamerv3_crafter_debug_wm3e-4_ac1e-4_eps1e-5 hieros_crafter_L1; do
+      python benchmark/crafter_window.py "runs/crafter__${e}__1__*" --window 8000 \
+        --random benchmark/results/crafter_random.json > "benchmark/results/${e}_windows.json"
     done
     ;;
 esac

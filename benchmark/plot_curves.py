@@ -52,7 +52,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--runs", nargs="+", required=True, help="run directories or globs")
     p.add_argument("--labels", nargs="*", default=None)
-    p.add_argument("--tag", default="charts/episodic_return")
+    p.add_argument("--tag", nargs="+", default=["charts/episodic_return"],
+                   help="scalar tag; with several, each run uses the first it has (e.g. losses/entropy losses/entropy_L0)")
     p.add_argument("--out", required=True)
     p.add_argument("--title", default="")
     p.add_argument("--smooth", type=int, default=10)
@@ -63,7 +64,7 @@ def main():
     summary = []
     for i, pattern in enumerate(a.runs):
         for run in sorted(glob.glob(pattern)) or [pattern]:
-            x, y = load_scalars(run, a.tag)
+            x, y = next((xy for xy in (load_scalars(run, t) for t in a.tag) if len(xy[1])), (np.zeros(0), np.zeros(0)))
             if not len(y):
                 continue
             label = a.labels[i] if a.labels and i < len(a.labels) else os.path.basename(run.rstrip("/"))
@@ -83,7 +84,7 @@ def main():
     if a.baseline is not None:
         ax.axhline(a.baseline, color="gray", linestyle="--", label="random policy")
     ax.set_xlabel("env steps")
-    ax.set_ylabel(a.tag)
+    ax.set_ylabel(" / ".join(a.tag))
     ax.set_title(a.title)
     ax.legend(fontsize=7)
     fig.tight_layout()
