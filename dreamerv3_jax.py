@@ -210,8 +210,9 @@ def check_args(args: Args) -> Args:
     if capacity < args.batch_length + 1:
         raise UsageError(f"--buffer-size {args.buffer_size} holds {capacity} steps per env, fewer than --batch-length + 1")
     for name in ("learning_rate", "actor_lr", "critic_lr"):
-        if getattr(args, name) is not None and not getattr(args, name) > 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+        lr = getattr(args, name)
+        if lr is not None and not lr > 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {lr}")
     if not args.reward_scale >= 0:
         raise UsageError(f"--reward-scale must be >= 0, got {args.reward_scale}")
     if args.replay_context not in (0, 1):

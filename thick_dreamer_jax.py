@@ -243,8 +243,9 @@ def check_args(args: Args) -> Args:
     if capacity < args.batch_length + 1:
         raise UsageError(f"--buffer-size {args.buffer_size} holds {capacity} steps per env, fewer than --batch-length + 1")
     for name in ("learning_rate", "actor_lr", "critic_lr"):
-        if getattr(args, name) is not None and not getattr(args, name) > 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+        lr = getattr(args, name)
+        if lr is not None and not lr > 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {lr}")
     if not args.reward_scale >= 0:
         raise UsageError(f"--reward-scale must be >= 0, got {args.reward_scale}")
     if args.replay_context not in (0, 1):
@@ -708,8 +709,8 @@ class Decoder(nn.Module):
     """Image (spec 1.5): h -> BlockLinear to a 4x4xC map (block k = channels k*C/8 ..), z -> MLP -> 4x4xC; their sum
     -> RMSNorm -> SiLU; 3 x [upsample -> Conv5x5 -> RMSNorm -> SiLU] with C = 4d, 3d, 2d; upsample -> Conv5x5 ->
     sigmoid, 4 -> 8 -> 16 -> 32 -> 64. Vector: 3 x [Linear -> RMSNorm -> SiLU] on [z, h] -> prediction of symlog(x).
-    THICK: the fine decoder gets [z, c] where z goes (thick spec 1.2); the coarse decoder is this module with c in
-    place of h, a single block and no ctx."""
+    THICK: the fine decoder's z branch takes [z, c] (thick spec 1.2: fine heads on [h, z, c]); the coarse decoder is
+    this module with c in place of h, a single block and no ctx."""
 
     depth: int
     units: int
