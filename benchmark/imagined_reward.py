@@ -10,8 +10,11 @@ posterior the model infers from the data) it compares, per action a:
   policy     pi(a | s_t) averaged over the states     (what the actor does now)
 A model that learned the reward gives model ~ data; model >> data for the action the actor committed to means the
 actor exploits a reward the world model invents; model ~ model_all ~ constant means the model has not learned which
-actions pay. `post` is the reward head on the posterior after the step (the model sees the outcome), and the last
-line compares both at the steps where an achievement was unlocked. dreamerv3_jax.py checkpoints only.
+actions pay. `cont_all` is the imagined continue probability after a (incl. the discount) and `adv1_all` the
+one-step advantage r(s') + c(s') v(s') - v(s) with the online critic, both over all states: the push the actor feels
+toward a (where the rewards carry no signal, differences here come from the continue head and the critic). `post` is
+the reward head on the posterior after the step (the model sees the outcome), and the last line compares both at the
+steps where an achievement was unlocked. dreamerv3_jax.py checkpoints only.
 """
 
 import argparse
@@ -65,24 +68,33 @@ def _predict(mod, agent, samples, zero_start, params, obs, action, first, deter,
     post_rew = mod.twohot_mean(agent.head("rew", p["rew"], agent.feat(h, z)), b)[:, 1:].ravel()  # rew(s_{t+1})
     h, z = h[:, :-1].reshape(-1, agent.deter), z[:, :-1].reshape(-1, agent.stoch, agent.classes)  # states s_1..s_{T-1}
 
-    def one(a, k):  # expected reward after one imagined step with action a forced, averaged over prior samples
+    def one(a, k):  # one imagined step with action a forced, averaged over prior samples: reward, continue, value
         onehot = jnp.broadcast_to(jax.nn.one_hot(a, agent.act_dim), (h.shape[0], agent.act_dim))
         hn = agent.core(p, h, z, onehot)
         logits = agent.prior(p, hn)
         zs = jax.vmap(lambda kk: mod.sample_onehot(kk, logits))(jax.random.split(k, samples))
-        return jax.vmap(lambda zz: mod.twohot_mean(agent.head("rew", p["rew"], agent.feat(hn, zz)), b))(zs).mean(0)
 
-    model = jax.lax.map(lambda ak: one(*ak), (jnp.arange(agent.act_dim), jax.random.split(k_img, agent.act_dim)))
+        def heads(zz):
+            f = agent.feat(hn, zz)
+            rew = mod.twohot_mean(agent.head("rew", p["rew"], f), b)
+            con = jax.nn.sigmoid(agent.head("con", p["con"], f)[..., 0])
+            return rew, con, mod.twohot_mean(agent.head("critic", p["critic"], f), b)
+
+        return jax.tree.map(lambda x: x.mean(0), jax.vmap(heads)(zs))  # each (N,)
+
+    model, cont, value = jax.lax.map(lambda ak: one(*ak), (jnp.arange(agent.act_dim), jax.random.split(k_img, agent.act_dim)))
     _, logp, _ = agent.policy(p, agent.feat(h, z))
     pi = jnp.exp(jax.vmap(lambda i: logp(jax.nn.one_hot(i, agent.act_dim)))(jnp.arange(agent.act_dim)))
-    return post_rew, model, pi
+    v0 = mod.twohot_mean(agent.head("critic", p["critic"], agent.feat(h, z)), b)  # v(s_t), (N,)
+    q1 = model + cont * value - v0[None]  # one-step advantage r(s') + c(s') v(s') - v(s): what the actor is pushed by
+    return post_rew, model, pi, cont, q1
 
 
 def diagnose(mod, agent, params, batch, seed: int = 0, samples: int = 4, zero_start: bool = False) -> dict:
     """Per action: data reward after it, one-step imagined reward, posterior reward, policy; and the reward events."""
     arrays = [jnp.asarray(batch[k]) for k in ("obs", "action", "is_first", "deter", "stoch")]
     keys = jax.random.PRNGKey(seed), jax.random.PRNGKey(seed + 1)  # observe, imagine
-    post_rew, model, pi = map(np.asarray, _predict(mod, agent, samples, zero_start, params, *arrays, *keys))
+    post_rew, model, pi, cont, q1 = map(np.asarray, _predict(mod, agent, samples, zero_start, params, *arrays, *keys))
     act = batch["action"][:, 1:-1].argmax(-1).ravel()  # a_t taken at s_t
     rew_next = batch["reward"][:, 2:].ravel()  # r_{t+1}
     ok = ~(batch["is_last"][:, 1:-1] | batch["is_first"][:, 2:]).ravel()  # a real transition follows s_t
@@ -94,7 +106,8 @@ def diagnose(mod, agent, params, batch, seed: int = 0, samples: int = 4, zero_st
                       "data_p_achv": rnd((rew_next[sel] > 0.5).mean()) if sel.any() else None,
                       "model": rnd(model[i, sel].mean()) if sel.any() else None,
                       "post": rnd(post_rew[sel].mean()) if sel.any() else None,
-                      "model_all": rnd(model[i, ok].mean()), "policy": rnd(pi[i, ok].mean())}  # fmt: skip
+                      "model_all": rnd(model[i, ok].mean()), "policy": rnd(pi[i, ok].mean()),
+                      "cont_all": rnd(cont[i, ok].mean()), "adv1_all": rnd(q1[i, ok].mean())}  # fmt: skip
     # the steps where an achievement was unlocked (r > 0.5): does the model see them coming, or only once they happened?
     hit = ok & (rew_next > 0.5)
     taken = model[act, np.arange(len(act))]  # imagined reward for the action that was actually taken
@@ -118,11 +131,12 @@ def main():
     rng = np.random.default_rng(a.seed)
     batch = windows(data, count, pos, cap, a.windows, args.batch_length + 1, rng, first=max(0, held - a.last))
     out = diagnose(mod, agent, params, batch, a.seed, a.samples)
-    print(f"{'action':<20}{'n':>6}{'data':>9}{'P(ach)':>9}{'model':>9}{'post':>9}{'model_all':>11}{'policy':>9}")
+    print(f"{'action':<20}{'n':>6}{'data':>9}{'P(ach)':>9}{'model':>9}{'post':>9}{'model_all':>11}{'policy':>9}"
+          f"{'cont_all':>10}{'adv1_all':>10}")
     fmt = lambda v: f"{v:9.3f}" if v is not None else f"{'-':>9}"
     for name, r in out["actions"].items():
         print(f"{name:<20}{r['n']:>6}{fmt(r['data'])}{fmt(r['data_p_achv'])}{fmt(r['model'])}{fmt(r['post'])}"
-              f"{r['model_all']:11.3f}{r['policy']:9.3f}")  # fmt: skip
+              f"{r['model_all']:11.3f}{r['policy']:9.3f}{r['cont_all']:10.4f}{r['adv1_all']:10.4f}")  # fmt: skip
     print("reward events:", out["events"])
     print(json.dumps({"checkpoint": a.checkpoint, "windows": a.windows, "last": a.last, **out}))
 
