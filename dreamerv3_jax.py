@@ -772,6 +772,9 @@ class Replay:
                 starts[b] = (oldest + self.rng.integers(valid[env[b]])) % self.capacity
         index = (starts[:, None] + np.arange(self.length)) % self.capacity  # (B, T+1)
         batch_data = {k: v[env[:, None], index] for k, v in self.data.items()}
+        # a step followed by an episode start is a last step (spec 4), also where the stream was cut without one: the
+        # last step stored before a --resume (the envs restart then)
+        batch_data["is_last"] = batch_data["is_last"] | np.pad(batch_data["is_first"][:, 1:], ((0, 0), (0, 1)))
         return batch_data, env, index
 
     def write_latents(self, env, index, deter, stoch):

@@ -956,6 +956,9 @@ class Replay:
                 starts[b] = (oldest + self.rng.integers(valid[env[b]])) % self.capacity
         index = (starts[:, None] + np.arange(self.length)) % self.capacity  # (B, T+1)
         batch_data = {k: v[env[:, None], index] for k, v in self.data.items()}
+        # a step followed by an episode start is a last step (spec 4), also where the stream was cut without one: the
+        # last step stored before a --resume (the envs restart then)
+        batch_data["is_last"] = batch_data["is_last"] | np.pad(batch_data["is_first"][:, 1:], ((0, 0), (0, 1)))
         return batch_data, env, index
 
     def write_latents(self, env, index, deter, stoch, context):
@@ -1219,9 +1222,14 @@ class Agent:
                "hl_A_kl": kl_a}  # balanced KL, alpha = 0.8 ([O]): the posterior gets 0.2 of the gradient  # fmt: skip
         terms = {k: self.args.hl_scale * jnp.mean(m * v) for k, v in raw.items()}  # zero (and finite) for an empty mask
         msum = jnp.maximum(m.sum(), 1.0)
+        if self.discrete:  # how often the predicted a_{tau-1} is the one taken
+            action_stat = {"thick/hl_action_acc": jnp.sum(m * (jnp.argmax(out["a"], -1) == jnp.argmax(tg["a"], -1))) / msum}
+        else:  # continuous: mean |tanh(mean) - a_{tau-1}|
+            a_mean = jnp.tanh(jnp.split(out["a"], 2, -1)[0])
+            action_stat = {"thick/hl_action_abs_err": jnp.sum(m * jnp.abs(a_mean - tg["a"]).mean(-1)) / msum}
         stats = {"thick/hl_prior_entropy": categorical_entropy(lp).mean(),
                  "thick/hl_post_entropy": categorical_entropy(lq).mean(),
-                 "thick/hl_action_acc": jnp.sum(m * (jnp.argmax(out["a"], -1) == jnp.argmax(tg["a"], -1))) / msum,
+                 **action_stat,
                  "thick/hl_delta_abs_err": jnp.sum(m * jnp.abs(out["delta"] - tg["delta"])) / msum}  # fmt: skip
         return sum(terms.values()), terms, stats
 
@@ -1356,8 +1364,11 @@ class Agent:
         }  # fmt: skip
         # THICK: diagnostics (thick spec 7): change rate, per-dim open rate, mean Lambda when open, HL targets, V_long
         open_ = (theta > 0).astype(jnp.float32)
+        valid = jnp.ones((bsz, tlen)) if args.replay_context else jnp.ones((bsz, tlen)).at[:, 0].set(0.0)  # t=0 zeroed above
+        nvalid = valid.sum()
         metrics |= hl_stats | {
-            "thick/change_rate": changed.mean(), "thick/gate_activity": open_.mean(), "thick/sparse_raw": loss_sparse,
+            "thick/change_rate": jnp.sum(changed * valid) / nvalid,
+            "thick/gate_activity": jnp.sum(open_ * valid[..., None]) / (nvalid * self.ctx), "thick/sparse_raw": loss_sparse,
             "thick/lambda_when_open": jnp.sum(thick["lam"] * open_) / jnp.maximum(open_.sum(), 1.0),
             "thick/hl_valid_frac": tg["mask"].mean(),
             "thick/hl_delta_target": jnp.sum(tg["mask"] * tg["delta"]) / jnp.maximum(msum, 1.0),
@@ -1369,7 +1380,7 @@ class Agent:
             "thick/fallback": fallback.astype(jnp.float32), "thick/coarse_kl_dyn_raw": ckl_dyn.mean(),
             "thick/context_abs": jnp.abs(c).mean(),
         }  # fmt: skip
-        metrics |= {f"thick/open_rate/{i}": open_[..., i].mean() for i in range(self.ctx)}  # per-dim open rate
+        metrics |= {f"thick/open_rate/{i}": jnp.sum(open_[..., i] * valid) / nvalid for i in range(self.ctx)}  # per dim
         latents = (h.astype(jnp.float16), jnp.argmax(z, -1).astype(jnp.uint8), c)  # refreshed replay context
         return total, (terms, metrics, retnorm, latents)
 
@@ -1403,7 +1414,9 @@ class Agent:
     # ------------------------------------------------------------------------------------------------ open-loop video
     def _openl_video(self, params, batch, key, context: int = 5):
         """Observe `context` steps, then predict the rest open-loop with the data's actions: [truth | model | error].
-        THICK: a 4th panel shows the coarse decoder's prediction from (c, z) without h."""
+        THICK: a 4th panel shows the coarse decoder's prediction from (c, z), without h: on the observed steps z is the
+        posterior (as in training), on the open-loop steps the coarse-prior sample z_c ~ p_c(. | c, z, a) (as the coarse
+        heads see it in imagination), not the fine prior's sample, which is drawn from h."""
         obs = batch["obs"][:4, 1:]  # (4, T, H, W, C)
         first = batch["is_first"][:4, 1:].at[:, 0].set(True)
         embed = self.enc.apply({"params": params["enc"]}, obs[:, :context])
@@ -1415,20 +1428,22 @@ class Agent:
         def open_step(carry, inp):
             hh, zz, cc = carry
             a, k = inp
-            ka, kb = jax.random.split(k)
+            ka, kb, kc = jax.random.split(k, 3)
             cc, _, _, ez, ea = self.context(params, zz, a, cc, kb)
             hh = self.core(params, hh, ez, ea, cc)
+            zc = sample_onehot(kc, self.coarse_prior(params, cc, ez, ea))  # THICK: z_c ~ p_c(. | c, z, a), no h
             zz = sample_onehot(ka, self.prior(params, hh, cc))
-            return (hh, zz, cc), (hh, zz, cc)
+            return (hh, zz, cc), (hh, zz, cc, zc)
 
         acts = jnp.swapaxes(batch["action"][:4, context : obs.shape[1]], 0, 1)
         init = (h[:, -1], z[:, -1], thick["c"][:, -1])
-        _, (oh, oz, oc) = jax.lax.scan(open_step, init, (acts, jax.random.split(k2, acts.shape[0])))
+        _, (oh, oz, oc, ozc) = jax.lax.scan(open_step, init, (acts, jax.random.split(k2, acts.shape[0])))
+        zc = jnp.concatenate([z, jnp.swapaxes(ozc, 0, 1)], 1)  # posterior while observing, then coarse-prior samples
         h = jnp.concatenate([h, jnp.swapaxes(oh, 0, 1)], 1)
         z = jnp.concatenate([z, jnp.swapaxes(oz, 0, 1)], 1)
         c = jnp.concatenate([thick["c"], jnp.swapaxes(oc, 0, 1)], 1)
         model = self.dec.apply({"params": params["dec"]}, h, z, c)
-        coarse = self.cdec.apply({"params": params["cdec"]}, c, z)
+        coarse = self.cdec.apply({"params": params["cdec"]}, c, zc)
         truth = obs.astype(jnp.float32) / 255.0
         video = jnp.concatenate([truth, model, (model - truth + 1) / 2, coarse], 3)  # side by side along the width
         return (jnp.clip(video, 0, 1) * 255).astype(jnp.uint8)  # (4, T, H, 4W, C)

@@ -314,6 +314,19 @@ def test_replay_windows_queue_and_latent_writeback():
     assert np.all(rp.data["deter"][env[0], index[0, 1:]] == 1) and np.all(rp.data["stoch"][env[0], index[0, 1:]] == 2)
 
 
+def test_replay_marks_the_step_before_an_episode_start_last():
+    """A stream cut without an is_last (the last step stored before a --resume) must not carry a return across it."""
+    space = gym.spaces.Box(-1, 1, (3,), np.float32)
+    rp = D.Replay(capacity=50, num_envs=1, length=8, obs_space=space, act_dim=2, deter=4, stoch=3, seed=0)
+    for t in range(8):
+        rp.add({"obs": np.full((1, 3), t, np.float32), "action": np.zeros((1, 2)), "reward": np.full(1, t),
+                "is_first": np.array([t in (0, 5)]), "is_last": np.array([t == 7]), "is_terminal": np.zeros(1, bool),
+                "deter": np.zeros((1, 4)), "stoch": np.zeros((1, 3))})  # fmt: skip
+    data, _, _ = rp.sample(1)
+    np.testing.assert_array_equal(data["is_last"][0], [0, 0, 0, 0, 1, 0, 0, 1])  # step 4 (before the restart) and 7
+    assert not rp.data["is_last"][0, 4]  # the stored stream itself is unchanged
+
+
 def test_replay_checkpoint_holds_only_written_steps_and_round_trips(tmp_path):
     space = gym.spaces.Box(-1, 1, (3,), np.float32)
     make = lambda cap: D.Replay(capacity=cap, num_envs=2, length=5, obs_space=space, act_dim=2, deter=4, stoch=3, seed=0)

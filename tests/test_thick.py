@@ -347,6 +347,27 @@ def test_fine_decoder_sees_the_context_coarse_decoder_not_h(agent, state):
     assert coarse(c, z).shape == agent.dec.apply({"params": p["dec"]}, h, z, c).shape
 
 
+def test_openl_video_coarse_panel_decodes_the_coarse_prior_sample_open_loop():
+    """The video's 4th panel: coarse decoder on the posterior while observing, on z_c ~ p_c (not the fine prior's h-based
+    sample) open-loop. Perturbing the coarse prior's output layer changes only the open-loop part of that panel."""
+    args = td.Args(env_id="crafter", model_size="debug", batch_size=4, batch_length=8, imag_horizon=3)
+    ag = td.Agent(args, gym.spaces.Box(0, 255, (16, 16, 3), np.uint8), gym.spaces.Discrete(3))
+    params = ag.init(jax.random.PRNGKey(0)).params
+    rng = np.random.default_rng(0)
+    batch = {"obs": rng.integers(0, 256, (4, 9, 16, 16, 3), dtype=np.uint8),
+             "action": np.eye(3, dtype=np.float32)[rng.integers(0, 3, (4, 9))], "is_first": np.zeros((4, 9), bool)}
+    video = np.asarray(ag.openl_video(params, batch, jax.random.PRNGKey(1)))
+    assert video.shape == (4, 8, 16, 64, 3) and video.dtype == np.uint8  # [truth | model | error | coarse]
+    p2 = jax.tree.map(lambda x: x, params)
+    out = p2["rssm"]["coarse_out"]
+    p2["rssm"]["coarse_out"] = {**out, "bias": out["bias"] + 5.0 * jnp.sin(jnp.arange(out["bias"].shape[0]))}
+    video2 = np.asarray(ag.openl_video(p2, batch, jax.random.PRNGKey(1)))
+    coarse, coarse2 = video[..., 48:, :], video2[..., 48:, :]
+    np.testing.assert_array_equal(coarse[:, :5], coarse2[:, :5])  # the 5 observed steps: posterior z
+    assert np.any(coarse[:, 5:] != coarse2[:, 5:])  # open loop: the coarse prior's sample
+    np.testing.assert_array_equal(video[..., :48, :], video2[..., :48, :])  # the fine panels do not use p_c
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # stop-gradients of the full loss (9.7), metric identities (9.16)
 # ---------------------------------------------------------------------------------------------------------------------
