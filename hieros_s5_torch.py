@@ -617,9 +617,9 @@ class S5WM(nn.Module):
         zero_last(self.reward)
 
     def initial(self, n, device=None):
-        """h_init = GELU(W), z_init = mode(prior(h_init)), x = 0."""
+        """h_init = GELU(W), z_init = mode(prior(h_init)) with the straight-through gradient (so W learns), x = 0."""
         h = F.gelu(self.init_w)
-        z = F.one_hot(self.img_out(h).reshape(self.S, self.C).argmax(-1), self.C).float().reshape(-1)
+        z = onehot_straight_through(unimix_probs(self.img_out(h).reshape(self.S, self.C).float()), sample=False).reshape(-1)
         x = torch.zeros(n, *self.stack.state_shape, dtype=torch.complex64, device=h.device)
         return dict(z=z.expand(n, -1), h=h.expand(n, -1), x=x)
 
@@ -702,7 +702,7 @@ class Actor(nn.Module):
 
     def log_prob(self, dist, a):
         if dist[0] == "continuous":
-            return torch.distributions.Normal(dist[1], dist[2]).log_prob(a).sum(-1)
+            return torch.distributions.Normal(dist[1], dist[2], validate_args=False).log_prob(a).sum(-1)
         if dist[0] == "code":  # sum over the 8 factors = log-prob of the joint code (mean with --factor-logprob-mean)
             lp = (a.reshape(dist[1].shape) * dist[1].log()).sum(-1)
             return lp.mean(-1) if self.factor_mean else lp.sum(-1)
@@ -710,7 +710,7 @@ class Actor(nn.Module):
 
     def entropy(self, dist):
         if dist[0] == "continuous":
-            return torch.distributions.Normal(dist[1], dist[2]).entropy().sum(-1)
+            return torch.distributions.Normal(dist[1], dist[2], validate_args=False).entropy().sum(-1)
         ent = categorical_entropy(dist[1])
         if dist[0] == "code":
             return ent.mean(-1) if self.factor_mean else ent.sum(-1)
@@ -718,24 +718,27 @@ class Actor(nn.Module):
 
 
 class ReturnNorm(nn.Module):
-    """EMA (decay 0.99) of the 5th and 95th return percentiles; scale = max(1, p95 - p5)."""
+    """EMA (decay 0.99) of the 5th and 95th return percentiles, from zero without bias correction (the original's
+    RewardEMA, as DreamerV3): low <- 0.99 low + 0.01 p5(R), high likewise with p95; scale = max(1, high - low)."""
 
     def __init__(self, decay=0.99):
         super().__init__()
         self.decay = decay
         self.register_buffer("low", torch.zeros(()))
         self.register_buffer("high", torch.zeros(()))
-        self.register_buffer("initialised", torch.zeros(()))
+        self.register_buffer("q", torch.tensor([0.05, 0.95]), persistent=False)  # on the device once: no copy per update
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.pop(prefix + "initialised", None)  # a buffer of files written before 2026-11-22
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def update(self, ret):
         flat = ret.detach().float().flatten()
         if flat.numel() > 16384:  # quantile limit; a strided subsample keeps it cheap
             flat = flat[:: math.ceil(flat.numel() / 16384)]
-        q = torch.quantile(flat, torch.tensor([0.05, 0.95], device=flat.device))
-        d = torch.where(self.initialised > 0, torch.tensor(self.decay, device=q.device), torch.zeros((), device=q.device))
-        self.low.copy_(d * self.low + (1 - d) * q[0])
-        self.high.copy_(d * self.high + (1 - d) * q[1])
-        self.initialised.fill_(1.0)
+        q = torch.quantile(flat, self.q)
+        self.low.copy_(self.decay * self.low + (1 - self.decay) * q[0])
+        self.high.copy_(self.decay * self.high + (1 - self.decay) * q[1])
         return self.scale()
 
     def scale(self):
@@ -922,6 +925,10 @@ class HierarchyRunner:
         """obs (n, ...) tensor of the current observation, reward/is_first/is_terminal (n,) that came with it.
         Returns the level-0 action (n, A) and a list with a replay record (dict of tensors) per acting level."""
         t, nl = self.t, len(self.levels)
+        # an episode start drops what the last episode left unreported and the held subgoal codes (spec 2.6: masked
+        # until the level above decides again; level 0's previous action is masked in obs_step as well)
+        self.reward_acc = torch.where(is_first[None], torch.zeros_like(self.reward_acc), self.reward_acc)
+        self.last_action = [torch.where(is_first[:, None], torch.zeros_like(a), a) for a in self.last_action]
         self.reward_acc += reward.float()[None] / self.periods[:, None]  # level-L reward = mean r over its window
         self.first_pending |= is_first[None]
         for i in range(1, nl):  # an episode start empties the FIFOs of the upper levels
@@ -934,8 +941,8 @@ class HierarchyRunner:
             self.latent[i], self.logits[i], _ = lv.wm.obs_step(
                 self.latent[i], self.last_action[i], lv.wm.encoder(inputs[i]), self.first_pending[i]
             )
-            if i + 1 < nl:  # hand the fresh latent [z; h] up into level i+1's FIFO
-                lat = S5WM.feat(self.latent[i]).float()[:, None]
+            if i + 1 < nl:  # hand the fresh latent [z; symlog(h)] up into level i+1's FIFO (symlog_subactor_obs)
+                lat = torch.cat([self.latent[i]["z"], symlog(self.latent[i]["h"])], -1).float()[:, None]
                 self.fifo[i + 1] = torch.cat([self.fifo[i + 1][:, 1:], lat], 1)
         records = [None] * nl
         for i in reversed(active):  # top-down decisions

@@ -19,6 +19,8 @@
 #     --exp-name dreamerv3_crafter_debug_wm3e-4_ac1e-4_eps1e-5
 #   STEPS=200000 EXP=hieros_crafter_L1 bash benchmark/hieros_crafter.sh --max-hierarchy 1 --checkpoint-every 10000 --save-model
 #   bash benchmark/dreamerv3_learning.sh plot_flat       # those three: flat agents, same budget (returns and entropy)
+#   bash benchmark/dreamerv3_learning.sh crafter_debug --model-size 1m --seed 1 --exp-name dreamerv3_crafter_1m_b8  # (and --seed 2)
+#   bash benchmark/dreamerv3_learning.sh plot_1m_b8      # those two
 # Flags after the mode are passed on to the script and override the ones here (the last occurrence wins), e.g.
 #   LR=1e-4 bash benchmark/dreamerv3_learning.sh crafter_r32 --seed 2 --checkpoint-replay
 set -euo pipefail
@@ -124,6 +126,21 @@ case "$MODE" in
     for e in dreamerv3_crafter_debug_eps1e-5 dreamerv3_crafter_debug_wm3e-4_ac1e-4_eps1e-5 hieros_crafter_L1; do
       python benchmark/crafter_window.py "runs/crafter__${e}__1__*" --window 8000 \
         --random benchmark/results/crafter_random.json > "benchmark/results/${e}_windows.json"
+    done
+    ;;
+  plot_1m_b8)
+    # the crafter_debug recipe at the 1m preset (32 latents, deter 512; same 4-stage CNN), two seeds, one core each:
+    #   bash benchmark/dreamerv3_learning.sh crafter_debug --model-size 1m --seed {1,2} --exp-name dreamerv3_crafter_1m_b8
+    RUNS=("runs/crafter__dreamerv3_crafter_1m_b8__1__*" "runs/crafter__dreamerv3_crafter_1m_b8__2__*")
+    LABELS=("DreamerV3 1m, batch 8x32, seed 1" "DreamerV3 1m, batch 8x32, seed 2")
+    python benchmark/plot_curves.py --runs "${RUNS[@]}" --labels "${LABELS[@]}" --smooth 20 --bin 4000 --baseline 1.37 \
+      --out benchmark/results/dreamerv3_crafter_1m_b8.png --title "DreamerV3, Crafter, 1m, batch 8x32, ratio 32, lr 1e-4" \
+      > benchmark/results/dreamerv3_crafter_1m_b8.json
+    python benchmark/plot_curves.py --runs "${RUNS[@]}" --labels "${LABELS[@]}" --tag losses/entropy --smooth 1 \
+      --out benchmark/results/dreamerv3_crafter_1m_b8_entropy.png --title "Actor entropy (nats)" > /dev/null
+    for s in 1 2; do
+      python benchmark/crafter_window.py "runs/crafter__dreamerv3_crafter_1m_b8__${s}__*" --window 8000 \
+        --random benchmark/results/crafter_random.json > "benchmark/results/dreamerv3_crafter_1m_b8_s${s}_windows.json"
     done
     ;;
 esac

@@ -227,6 +227,35 @@ def test_initial_state_reproduced_at_is_first():
     torch.testing.assert_close(prior[:, 7:], prior_tail, atol=1e-5, rtol=1e-4)
 
 
+def test_learned_initial_state_gets_gradient():
+    """initial: learned (spec 1.4): z_init = mode(prior(GELU(W))) carries a straight-through gradient back to W."""
+    torch.manual_seed(8)
+    agent, args = debug_agent()
+    wm = agent.levels[0].wm
+    obs, action = torch.randn(2, 6, 5), torch.nn.functional.one_hot(torch.randint(0, 3, (2, 6)), 3).float()
+    is_first = torch.zeros(2, 6, dtype=torch.bool)
+    is_first[:, 0] = True
+    z = wm.initial(1)["z"]
+    assert torch.all((z == 0) | (z == 1)) and torch.all(z.reshape(wm.S, wm.C).sum(-1) == 1)  # the value is one-hot
+    loss = h.wm_loss(wm, obs, action, torch.randn(2, 6), is_first, torch.zeros(2, 6), args)[0]
+    loss.backward()
+    assert wm.init_w.grad is not None and wm.init_w.grad.abs().sum() > 0
+
+
+def test_return_norm_ema_from_zero():
+    """RewardEMA: low/high start at 0 and move by 1 % of the batch's 5th / 95th percentiles; scale = max(1, hi - lo)."""
+    rn = h.ReturnNorm()
+    ret = torch.linspace(0, 1000, 10001)  # p5 = 50, p95 = 950
+    assert float(rn.update(ret)) == pytest.approx(9.0, rel=1e-5)  # 0.01 * (950 - 50)
+    assert float(rn.low) == pytest.approx(0.5, rel=1e-5) and float(rn.high) == pytest.approx(9.5, rel=1e-5)
+    rn.update(ret)
+    assert float(rn.high) == pytest.approx(0.99 * 9.5 + 9.5, rel=1e-5)
+    assert float(h.ReturnNorm().update(torch.linspace(0, 10, 101))) == 1.0  # the floor
+    old = {"low": torch.tensor(1.0), "high": torch.tensor(2.0), "initialised": torch.tensor(1.0)}  # an older file
+    rn.load_state_dict(old)
+    assert float(rn.high) == 2.0
+
+
 def test_paper_size_shapes():
     obs_space, act_space = gym.spaces.Box(0, 255, (64, 64, 3), np.uint8), gym.spaces.Discrete(6)
     agent = h.Agent(obs_space, act_space, h.Args(model_size="paper"))
@@ -329,6 +358,23 @@ def test_schedule_and_level_rewards_over_64_steps():
     for t, rec in seen[0]:
         code_t = [r for s, r in seen[1] if s <= t][-1]["action"]
         torch.testing.assert_close(rec["code"], code_t)
+
+
+def test_episode_start_masks_held_code_and_unreported_reward():
+    """Spec 2.6: at an episode start the code held from the level above is masked (zero) until that level decides
+    again, and the reward level 1 accumulated since its last decision in the old episode is dropped."""
+    torch.manual_seed(10)
+    agent, args = debug_agent(max_hierarchy=2)
+    runner = h.HierarchyRunner(agent, 1, args, torch.device("cpu"))
+    recs = []
+    for t in range(7):  # level 1 decides at t = 0 and 4; an episode starts at t = 2 (after a reward of 5 at t = 1)
+        _, r = runner.step(torch.randn(1, 5), torch.tensor([5.0 if t == 1 else 0.0]), torch.tensor([t in (0, 2)]),
+                           torch.zeros(1, dtype=torch.bool))  # fmt: skip
+        recs.append(r)
+    assert recs[1][0]["code"].abs().sum() > 0  # held code of the level-1 decision at t = 0
+    assert recs[2][0]["code"].abs().sum() == 0 and recs[3][0]["code"].abs().sum() == 0  # masked after the start
+    torch.testing.assert_close(recs[4][0]["code"], recs[4][1]["action"])  # the new decision is used at once
+    assert recs[4][1]["is_first"].all() and float(recs[4][1]["reward"]) == 0.0  # the old episode's 5 is not carried
 
 
 def test_subgoal_reward_hand_made():
