@@ -7,6 +7,8 @@
 #   BETA=100 bash benchmark/thick_crafter.sh
 #   BETA=100 bash benchmark/thick_crafter.sh debug  # debug preset, the flags of dreamerv3_learning.sh crafter_debug
 #   BETA=100 bash benchmark/thick_crafter.sh plot   # THICK (that β) against the DreamerV3 runs with the same flags
+#   BETA=100 bash benchmark/thick_crafter.sh debug --model-size 1m --exp-name thick_crafter_1m_b8_beta100  # twin of
+#     dreamerv3_learning.sh crafter_debug --model-size 1m (windows: benchmark/crafter_window.py ... --window 8000)
 set -euo pipefail
 BETA=${BETA:-100}
 if [ "${1:-}" = plot ]; then
