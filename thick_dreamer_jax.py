@@ -1280,9 +1280,10 @@ class Agent:
         loss_crew = twohot_loss(self.head("crew", params["crew"], cfeat), reward, b)
         loss_ccon = optax.sigmoid_binary_cross_entropy(self.head("ccon", params["ccon"], cfeat)[..., 0], con_target)
         ckl_dyn, ckl_rep = categorical_kl(sg(post), cprior), categorical_kl(post, sg(cprior))
-        theta = thick["theta"]  # (B, T, C) straight-through gate openings
+        valid = jnp.ones((bsz, tlen))  # steps whose gate opening can be a change
         if not args.replay_context:  # a window that starts from zeros re-loads c at t = 0: not a change (thick spec 1.4)
-            theta = theta.at[:, 0].set(0.0)
+            valid = valid.at[:, 0].set(0.0)
+        theta = thick["theta"] * valid[..., None]  # (B, T, C) straight-through gate openings
         loss_sparse = sparse_loss(theta, args.sparse_free)
 
         # ALGO LOGIC: THICK: high-level targets (reverse scan) and loss, stop-gradient inputs (thick spec 2)
@@ -1364,11 +1365,10 @@ class Agent:
         }  # fmt: skip
         # THICK: diagnostics (thick spec 7): change rate, per-dim open rate, mean Lambda when open, HL targets, V_long
         open_ = (theta > 0).astype(jnp.float32)
-        valid = jnp.ones((bsz, tlen)) if args.replay_context else jnp.ones((bsz, tlen)).at[:, 0].set(0.0)  # t=0 zeroed above
-        nvalid = valid.sum()
+        open_rate = jnp.sum(open_, (0, 1)) / valid.sum()  # (C,) per-dim open rate over the valid steps
         metrics |= hl_stats | {
-            "thick/change_rate": jnp.sum(changed * valid) / nvalid,
-            "thick/gate_activity": jnp.sum(open_ * valid[..., None]) / (nvalid * self.ctx), "thick/sparse_raw": loss_sparse,
+            "thick/change_rate": jnp.sum(changed) / valid.sum(), "thick/gate_activity": open_rate.mean(),
+            "thick/sparse_raw": loss_sparse,
             "thick/lambda_when_open": jnp.sum(thick["lam"] * open_) / jnp.maximum(open_.sum(), 1.0),
             "thick/hl_valid_frac": tg["mask"].mean(),
             "thick/hl_delta_target": jnp.sum(tg["mask"] * tg["delta"]) / jnp.maximum(msum, 1.0),
@@ -1380,7 +1380,7 @@ class Agent:
             "thick/fallback": fallback.astype(jnp.float32), "thick/coarse_kl_dyn_raw": ckl_dyn.mean(),
             "thick/context_abs": jnp.abs(c).mean(),
         }  # fmt: skip
-        metrics |= {f"thick/open_rate/{i}": jnp.sum(open_[..., i] * valid) / nvalid for i in range(self.ctx)}  # per dim
+        metrics |= {f"thick/open_rate/{i}": open_rate[i] for i in range(self.ctx)}
         latents = (h.astype(jnp.float16), jnp.argmax(z, -1).astype(jnp.uint8), c)  # refreshed replay context
         return total, (terms, metrics, retnorm, latents)
 

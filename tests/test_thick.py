@@ -416,6 +416,17 @@ def test_change_rate_metrics_are_consistent(loss_grads, agent):
     assert all(bool(jnp.isfinite(v)) for v in jax.tree.leaves(m))
 
 
+def test_change_rate_counts_only_valid_steps_without_replay_context():
+    """Without replay context t = 0 re-loads c (not a change): with every gate forced open the rate is exactly 1."""
+    ag = make_agent(replay_context=0, gate_noise=0.0)
+    params = with_gate_bias(ag.init(jax.random.PRNGKey(0)).params, 50.0)
+    st = ag.init(jax.random.PRNGKey(0))
+    batch = {k: jnp.asarray(v) for k, v in random_batch(ag, seed=2).items()}
+    _, (_, m, _, _) = ag.loss(params, st.slow_critic, st.slow_ccritic, st.retnorm, batch, jax.random.PRNGKey(1))
+    assert float(m["thick/change_rate"]) == 1.0 and float(m["thick/gate_activity"]) == 1.0
+    assert all(float(m[f"thick/open_rate/{i}"]) == 1.0 for i in range(ag.ctx))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # 9.5: a very large beta drives the change rate to ~0; then the mask is empty and the high-level losses are 0 and finite
 # ---------------------------------------------------------------------------------------------------------------------
