@@ -124,7 +124,7 @@ class Args:
     repval_scale: float = 0.3
     """scale of the replay critic loss (0 disables it)"""
     reward_scale: float = 1.0
-    """scale of the reward-head loss (the official loss_scales.rew; README: 10 tried for small models on Crafter)"""
+    """scale of the reward-head loss (the official loss_scales.rew; docs/dreamerv3.md: 10 tried for small models on Crafter)"""
 
     # optimizer
     learning_rate: float = 4e-5
@@ -469,7 +469,7 @@ class BlockLinear(nn.Module):
 #   up + conv:     a 5x5 conv after nearest 2x upsampling equals, per output phase, a 3x3 conv on the low-resolution map
 #                  ("sub-pixel" conv, 2.8x fewer FLOPs); the 4 phases interleave into the high-resolution output.
 # The per-layer choices come from a per-op trace of the 12m update (`python benchmark/dreamerv3_profile.py --size 12m
-# --parts full --trace 30`; README, "Speed").
+# --parts full --trace 30`; docs/dreamerv3.md, "Speed: details").
 _DN = ("NHWC", "HWIO", "NHWC")
 
 
