@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Learning benchmarks of dreamerv3_jax.py (CPU-sized). Run from the repository root; curves are read back from runs/.
 #   bash benchmark/dreamerv3_learning.sh cartpole   # CartPole-v1, target: average return >= 400 within 30k env steps
+#   taskset -c 1 bash benchmark/dreamerv3_learning.sh cartpole --seed 2   # a second seed on the other core
 #   bash benchmark/dreamerv3_learning.sh crafter    # short Crafter run, compared with a random policy (return 1.37 over
 #                                                   # 200 episodes: benchmark/results/crafter_random.json, made by
 #                                                   # python benchmark/random_baseline.py --env-id crafter --episodes 200 --seed 1000)
@@ -30,7 +31,8 @@ case "$MODE" in
   cartpole)
     # the 'debug' preset with 16 x 32 batches, train ratio 256 (0.5 updates per step) and lr 3e-4: CPU-sized
     python dreamerv3_jax.py --env-id CartPole-v1 --model-size debug --batch-size 16 --batch-length 32 \
-      --train-ratio 256 --learning-rate 3e-4 --total-timesteps 30000 --log-every 1000 --exp-name dreamerv3_cartpole_debug
+      --train-ratio 256 --learning-rate 3e-4 --total-timesteps 30000 --log-every 1000 --exp-name dreamerv3_cartpole_debug \
+      --save-model --eval-episodes 10 "$@"
     ;;
   crafter)
     # the '1m' preset, batch 16 x 32, train ratio 16 (1 update per 32 steps), lr 1e-4 with a 100-update warm-up:
