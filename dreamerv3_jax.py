@@ -1,4 +1,4 @@
-# docs and experiment results: README.md#dreamerv3 and docs/dreamerv3.md
+# docs and experiment results: README.md (DreamerV3 section) and docs/dreamerv3.md
 """DreamerV3 (Hafner et al., "Mastering diverse control tasks through world models", Nature 2025) in one JAX file.
 
     python dreamerv3_jax.py --env-id crafter                       # Crafter, train ratio 512, model 12m

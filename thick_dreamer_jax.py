@@ -1,4 +1,4 @@
-# docs and experiment results: docs/thick.md (THICK) on top of README.md#dreamerv3 and docs/dreamerv3.md
+# docs and experiment results: docs/thick.md (THICK) on top of README.md (DreamerV3 section) and docs/dreamerv3.md
 """THICK Dreamer (Gumbsch et al., "Learning hierarchical world models with adaptive temporal abstractions from discrete
 latent dynamics", ICLR 2024, OpenReview TjCDNssXKU) on top of DreamerV3 (Hafner et al., Nature 2025) in one JAX file.
 
