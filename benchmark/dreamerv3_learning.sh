@@ -60,8 +60,9 @@ case "$MODE" in
       --checkpoint-every 10000 --save-model --eval-episodes 5 --seed 1 --exp-name "dreamerv3_crafter_debug_lr${LR:-1e-4}" "$@"
     ;;
   plot)
-    python benchmark/plot_curves.py --runs "runs/CartPole-v1__dreamerv3_cartpole_debug*" --labels "DreamerV3 debug" \
-      --out benchmark/results/dreamerv3_cartpole.png --title "dreamerv3_jax.py, CartPole-v1" --baseline 22.3
+    python benchmark/plot_curves.py --runs "runs/CartPole-v1__dreamerv3_cartpole_debug__1__*" \
+      "runs/CartPole-v1__dreamerv3_cartpole_debug__2__*" --labels "seed 1" "seed 2" \
+      --out benchmark/results/dreamerv3_cartpole.png --title "dreamerv3_jax.py, CartPole-v1 (debug)" --baseline 22.3
     python benchmark/plot_curves.py --runs "runs/crafter__dreamerv3_crafter_1m__*" \
       "runs/crafter__dreamerv3_crafter_1m_r32_lr3e-4__*" "runs/crafter__dreamerv3_crafter_1m_r32_lr1e-4__1__*" \
       "runs/crafter__dreamerv3_crafter_1m_r32_lr1e-4__2__*" \
