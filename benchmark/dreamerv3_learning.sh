@@ -5,7 +5,7 @@
 #   bash benchmark/dreamerv3_learning.sh crafter    # short Crafter run, compared with a random policy (return 1.37 over
 #                                                   # 200 episodes: benchmark/results/crafter_random.json, made by
 #                                                   # python benchmark/random_baseline.py --env-id crafter --episodes 200 --seed 1000)
-#   LR=1e-4 bash benchmark/dreamerv3_learning.sh crafter_r32   # train ratio 32 (docs/dreamerv3.md: the lr 3e-4 run collapsed)
+#   LR=1e-4 bash benchmark/dreamerv3_learning.sh crafter_r32   # train ratio 32 (docs/dreamerv3.md: lr 3e-4 collapsed)
 #   bash benchmark/dreamerv3_learning.sh plot
 #   bash benchmark/dreamerv3_learning.sh crafter_debug   # debug preset, many cheap updates (and the THICK twin:
 #   BETA=100 bash benchmark/thick_crafter.sh debug)      # compared by: bash benchmark/dreamerv3_learning.sh plot_debug
@@ -43,8 +43,8 @@ case "$MODE" in
   crafter_r32)
     # train ratio 32 (1 update per 16 steps), LR=3e-4 (the CartPole rate; its actor entropy collapses) or LR=1e-4; one
     # XLA thread, so a THICK run with the same flags (thick_dreamer_jax.py ... --sparse-scale 1.0) can use the other core.
-    # A run stopped for time continues with the same command plus --resume runs/<run>/checkpoint.ckpt (docs/dreamerv3.md: the lr 1e-4
-    # run: 20k steps in one session, resumed for 20k -> 60k in the next; the replay was not checkpointed, so it refilled)
+    # A run stopped for time continues with the same command plus --resume runs/<run>/checkpoint.ckpt (docs/dreamerv3.md:
+    # the lr 1e-4 run: 20k steps in one session, resumed for 20k -> 60k in the next; the replay was not checkpointed)
     XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
     python dreamerv3_jax.py --env-id crafter --model-size 1m --batch-size 16 --batch-length 32 --train-ratio 32 \
       --learning-rate "${LR:-3e-4}" --warmup 100 --total-timesteps 60000 --log-every 2000 --checkpoint-every 4000 \

@@ -6,7 +6,8 @@
 #   bash benchmark/thick_update_time.sh                          # 12m, batch 16 x 64
 #   COARSE_DEC_DEPTH=4 bash benchmark/thick_update_time.sh       # + THICK with the cheaper coarse decoder (depth 4)
 #   JEMALLOC=1 bash benchmark/thick_update_time.sh               # under jemalloc (apt install libjemalloc2), which keeps
-#                                                                # freed pages: no page faults per update (docs/dreamerv3.md "Speed: details")
+#                                                                # freed pages: no page faults per update
+#                                                                # (docs/dreamerv3.md, "Speed: details")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE="${SIZE:-12m}"; BATCH="${BATCH:-16}"; LENGTH="${LENGTH:-64}"; UPDATES="${UPDATES:-3}"; REPEATS="${REPEATS:-1}"

@@ -419,8 +419,8 @@ def test_change_rate_metrics_are_consistent(loss_grads, agent):
 def test_change_rate_counts_only_valid_steps_without_replay_context():
     """Without replay context t = 0 re-loads c (not a change): with every gate forced open the rate is exactly 1."""
     ag = make_agent(replay_context=0, gate_noise=0.0)
-    params = with_gate_bias(ag.init(jax.random.PRNGKey(0)).params, 50.0)
     st = ag.init(jax.random.PRNGKey(0))
+    params = with_gate_bias(st.params, 50.0)
     batch = {k: jnp.asarray(v) for k, v in random_batch(ag, seed=2).items()}
     _, (_, m, _, _) = ag.loss(params, st.slow_critic, st.slow_ccritic, st.retnorm, batch, jax.random.PRNGKey(1))
     assert float(m["thick/change_rate"]) == 1.0 and float(m["thick/gate_activity"]) == 1.0
