@@ -84,7 +84,8 @@ class Args:
     batch_length: int = 64
     """steps per training sequence (one extra context step is sampled in front)"""
     learning_starts: Optional[int] = None
-    """policy steps collected before the first update (default: batch_size * batch_length + batch_length + 1)"""
+    """policy steps collected before the first update (default: batch_size * batch_length + batch_length, i.e. B * T
+    window starts of T + 1 steps)"""
     compute_dtype: str = "float32"
     """float32 or bfloat16 (bfloat16 matmuls; norms, distributions and losses stay float32)"""
 
@@ -205,7 +206,7 @@ def check_args(args: Args) -> Args:
     if args.train_ratio <= 0:
         raise UsageError(f"--train-ratio must be > 0, got {args.train_ratio}")
     if args.learning_starts is None:
-        args.learning_starts = args.batch_size * args.batch_length + args.batch_length + 1
+        args.learning_starts = args.batch_size * args.batch_length + args.batch_length  # B * T window starts
     capacity = min(args.buffer_size, args.total_timesteps + args.num_envs) // args.num_envs
     if capacity < args.batch_length + 1:
         raise UsageError(f"--buffer-size {args.buffer_size} holds {capacity} steps per env, fewer than --batch-length + 1")
@@ -707,6 +708,17 @@ def learning_rate_at(args: Args, update: int) -> float:
     return args.learning_rate * min(update, args.warmup) / args.warmup if args.warmup > 0 else args.learning_rate
 
 
+def updates_due(global_step: int, sched_prev: float | None, ratio: float) -> tuple[int, float]:
+    """Train-ratio scheduler (spec 4): how many updates are due at `global_step`, and the new scheduler position.
+    ratio = train_ratio / (B * T) updates per policy step. The first call (sched_prev None) returns exactly 1; after it,
+    due = floor((step - prev) * ratio) and prev advances by due / ratio, so the fractional part carries over and the
+    updates per policy step average to `ratio`."""
+    if sched_prev is None:
+        return 1, float(global_step)
+    due = int((global_step - sched_prev) * ratio)
+    return due, sched_prev + due / ratio
+
+
 # ======================================================================================================================
 # 6. Replay buffer: one FIFO stream per env; windows of T + 1 steps; latents stored next to the observations (spec 4)
 # ======================================================================================================================
@@ -847,13 +859,14 @@ class Agent:
         self.deter, self.stoch, self.classes = size["deter"], size["stoch"], size["classes"]
         dt = jnp.bfloat16 if args.compute_dtype == "bfloat16" else jnp.float32
         units, depth = size["units"], size["depth"]
+        act_out = self.act_dim * (1 if self.discrete else 2)  # discrete: A logits; continuous: A means, A stds
         # ALGO LOGIC: initialize agent here
         self.enc = Encoder(depth, units, self.image, dt)
         self.rssm = RSSM(self.deter, size["hidden"], self.stoch, self.classes, unimix=args.latent_unimix, dtype=dt)
         self.dec = Decoder(depth, units, tuple(obs_space.shape), self.image, dtype=dt)
         self.rew = MLPHead(1, units, 255, outscale=0.0, dtype=dt)  # zero-initialised: predicts 0 at the start
         self.con = MLPHead(1, units, 1, outscale=1.0, dtype=dt)
-        self.actor = MLPHead(3, units, self.act_dim * (1 if self.discrete else 2), outscale=0.01, dtype=dt)
+        self.actor = MLPHead(3, units, act_out, outscale=0.01, dtype=dt)
         self.critic = MLPHead(3, units, 255, outscale=0.0, dtype=dt)
         groups = (("actor", args.actor_lr), ("critic", args.critic_lr))
         group_lr = {k: v for k, v in groups if v is not None}
@@ -1319,10 +1332,7 @@ def main(args: Args):
 
         # ALGO LOGIC: training at the train ratio (spec 4): replayed steps per policy step = train_ratio
         if global_step >= args.learning_starts and replay.ready():
-            if sched_prev is None:  # the first call trains once, then the scheduler keeps the ratio
-                sched_prev = global_step - 1 / ratio
-            due = int((global_step - sched_prev) * ratio)
-            sched_prev += due / ratio
+            due, sched_prev = updates_due(global_step, sched_prev, ratio)  # the first call trains once
             for _ in range(due):
                 data, env_idx, time_idx = replay.sample(args.batch_size)
                 key, k = jax.random.split(key)
@@ -1340,6 +1350,9 @@ def main(args: Args):
                     video = np.asarray(agent.openl_video(state.params, data, k))  # (4, T, H, 3W, C)
                     writer.add_video("openl/prediction", video.transpose(0, 1, 4, 2, 3), global_step, fps=10)
                     last_video = int(state.updates)
+            if pending is not None:  # the last update's latents, before the next replay.add can overwrite their slots
+                replay.write_latents(*pending)
+                pending = None
 
         # TRY NOT TO MODIFY: record rewards for plotting purposes
         if global_step - last_log >= args.log_every or global_step >= args.total_timesteps:

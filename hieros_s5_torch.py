@@ -423,7 +423,8 @@ class S5SSM(nn.Module):
 
 class frozen_ssms:
     """Context manager: discretise every SSM of `module` once (no grad) and reuse it for all recurrent steps inside,
-    instead of once per step and SSM (imagination runs 16 steps x 8 SSMs; acting runs one step per level)."""
+    instead of once per step and SSM (imagination runs 16 steps x 8 SSMs). Acting does not use it: one step per level
+    and env step discretises once anyway."""
 
     def __init__(self, module):
         self.ssms = [m for m in module.modules() if isinstance(m, S5SSM)]
@@ -812,7 +813,7 @@ class Level(nn.Module):
     """A full sub-actor: S5WM, actor, one critic (+ slow copy, + return scale) per reward head, subgoal autoencoder.
 
     Level 0 sees env observations and emits env actions; level L >= 1 sees the last 4 latents of level L - 1
-    ([z; h], 4 x (S*C + D)) through MLPs and emits an 8x8 subgoal code that level L - 1 is conditioned on.
+    ([z; symlog(h)], 4 x (S*C + D)) through MLPs and emits an 8x8 subgoal code that level L - 1 is conditioned on.
     """
 
     def __init__(self, index, num_levels, obs_shape, image, act_kind, act_dim, cfg, args):
@@ -1386,6 +1387,8 @@ def main(args):
         random.setstate(resume["rng"]["python"])
         np.random.set_state(resume["rng"]["numpy"])
         torch.set_rng_state(resume["rng"]["torch"])
+        if torch.cuda.is_available() and resume["rng"].get("cuda"):  # files before "cuda", or written on a CPU: skip
+            torch.cuda.set_rng_state_all(resume["rng"]["cuda"])
         print(f"resumed from {args.resume} at global_step={global_step}, updates={n_updates}")
 
     def training_state():
@@ -1396,7 +1399,8 @@ def main(args):
                 "global_step": global_step, "n_train_calls": n_train_calls, "n_updates": n_updates, "credit": credit,
                 "achievements": achievements,
                 "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                        "torch": torch.get_rng_state()}}  # fmt: skip
+                        "torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}  # fmt: skip
 
     runner = HierarchyRunner(agent, args.num_envs, args, device)
     metrics = [dict() for _ in agent.levels]  # the latest metrics of each level (tensors: no host sync until logging)
@@ -1459,7 +1463,7 @@ def main(args):
             while credit >= 1.0:
                 credit -= 1.0
                 for i, (lv, (opts, sched)) in enumerate(zip(agent.levels, optims, strict=True)):
-                    if not level_trains(n_train_calls, i, args.subactor_train_every) or len(replays[i]) < 1:
+                    if not level_trains(n_train_calls, i, args.subactor_train_every) or len(replays[i]) < args.batch_size:  # spec 2.7
                         continue
                     m = train_level(
                         lv, opts, sched, to_batch(replays[i].sample(args.batch_size), device), args, loss_fn, autocast

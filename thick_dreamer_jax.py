@@ -92,7 +92,8 @@ class Args:
     batch_length: int = 64
     """steps per training sequence (one extra context step is sampled in front)"""
     learning_starts: Optional[int] = None
-    """policy steps collected before the first update (default: batch_size * batch_length + batch_length + 1)"""
+    """policy steps collected before the first update (default: batch_size * batch_length + batch_length, i.e. B * T
+    window starts of T + 1 steps)"""
     compute_dtype: str = "float32"
     """float32 or bfloat16 (bfloat16 matmuls; norms, distributions and losses stay float32)"""
 
@@ -160,7 +161,7 @@ class Args:
     psi: float = 0.9
     """weight of the lambda-return in the critic target psi * ret + (1 - psi) * V_long (1 = plain DreamerV3 critic)"""
     coarse_dec_scale: float = 2.0
-    """scale of the coarse image/vector reconstruction loss (coarse reward and continue: 1, coarse dyn KL: 1)"""
+    """scale of the coarse image/vector reconstruction loss (coarse reward: --reward-scale; coarse continue, dyn KL: 1)"""
     coarse_rep_scale: float = 0.1
     """scale of the coarse representation KL"""
     coarse_dec_depth: int = 0
@@ -238,7 +239,7 @@ def check_args(args: Args) -> Args:
     if args.train_ratio <= 0:
         raise UsageError(f"--train-ratio must be > 0, got {args.train_ratio}")
     if args.learning_starts is None:
-        args.learning_starts = args.batch_size * args.batch_length + args.batch_length + 1
+        args.learning_starts = args.batch_size * args.batch_length + args.batch_length  # B * T window starts
     capacity = min(args.buffer_size, args.total_timesteps + args.num_envs) // args.num_envs
     if capacity < args.batch_length + 1:
         raise UsageError(f"--buffer-size {args.buffer_size} holds {capacity} steps per env, fewer than --batch-length + 1")
@@ -364,7 +365,7 @@ def lambda_return(rew, live, cont, boot):
     return rets.T  # (N, L-1)
 
 
-# THICK: GateL0RD gate algebra and the sparsity loss (spec 1.1b, 1.3), always float32
+# THICK: GateL0RD gate algebra and the sparsity loss (thick spec 1.1b, 1.3), always float32
 def gate_math(s, r_pre, c_prev):
     """s: gate pre-activation (noise included), r_pre: candidate pre-activation, c_prev: c_{t-1}; all (..., C).
 
@@ -665,8 +666,9 @@ class RSSM(nn.Module):
         return self.embed_z(z.reshape(*z.shape[:-2], -1)), self.embed_a(a)
 
     def context_step(self, z, a, c, key, noise=1.0):
-        """THICK: c_t = GateL0RD([emb z_{t-1}, emb a_{t-1}], c_{t-1}) in float32 (spec 1.1b); noise scales sigma (0 = off).
-        Returns (c_t, Theta_t, Lambda_t, emb z, emb a); c_t depends on (z_{t-1}, a_{t-1}, c_{t-1}) only."""
+        """THICK: c_t = GateL0RD([emb z_{t-1}, emb a_{t-1}], c_{t-1}) in float32 (thick spec 1.1b);
+        noise scales sigma (0 = off). Returns (c_t, Theta_t, Lambda_t, emb z, emb a); c_t depends on (z_{t-1}, a_{t-1},
+        c_{t-1}) only."""
         ez, ea = self.embed_za(z, a)
         s, r_pre = jnp.split(self.gate(jnp.concatenate([ez.astype(jnp.float32), ea.astype(jnp.float32), c], -1)), 2, -1)
         s = s + noise * self.gate_noise * jax.random.normal(key, s.shape, jnp.float32)
@@ -700,7 +702,8 @@ class RSSM(nn.Module):
         return unimix_logits(self.post_out(x).reshape(*h.shape[:-1], self.stoch, self.classes), self.unimix)
 
     def coarse_prior(self, c, ez, ea):
-        """THICK: p_c(z_t | c_t, z_{t-1}, a_{t-1}), no h (spec 1.1f): one hidden layer on [c_t, emb z_{t-1}, emb a_{t-1}]."""
+        """THICK: p_c(z_t | c_t, z_{t-1}, a_{t-1}), no h (thick spec 1.1f):
+        one hidden layer on [c_t, emb z_{t-1}, emb a_{t-1}]."""
         x = self.coarse_layer(jnp.concatenate([c.astype(self.dtype), ez, ea], -1))
         return unimix_logits(self.coarse_out(x).reshape(*c.shape[:-1], self.stoch, self.classes), self.unimix)
 
@@ -889,6 +892,17 @@ def learning_rate_at(args: Args, update: int) -> float:
     return args.learning_rate * min(update, args.warmup) / args.warmup if args.warmup > 0 else args.learning_rate
 
 
+def updates_due(global_step: int, sched_prev: float | None, ratio: float) -> tuple[int, float]:
+    """Train-ratio scheduler (spec 4): how many updates are due at `global_step`, and the new scheduler position.
+    ratio = train_ratio / (B * T) updates per policy step. The first call (sched_prev None) returns exactly 1; after it,
+    due = floor((step - prev) * ratio) and prev advances by due / ratio, so the fractional part carries over and the
+    updates per policy step average to `ratio`."""
+    if sched_prev is None:
+        return 1, float(global_step)
+    due = int((global_step - sched_prev) * ratio)
+    return due, sched_prev + due / ratio
+
+
 # ======================================================================================================================
 # 6. Replay buffer: one FIFO stream per env; windows of T + 1 steps; latents stored next to the observations (spec 4)
 # ======================================================================================================================
@@ -1003,7 +1017,7 @@ class Replay:
 
 
 class TrainState(flax.struct.PyTreeNode):
-    params: Any  # {"enc", "rssm", "dec", "rew", "con", "actor", "critic"}: one tree, one optimizer
+    params: Any  # {"enc", "rssm", "dec", "rew", "con", "actor", "critic"} + THICK {"cdec", "crew", "ccon", "ccritic", "hl"}
     opt_state: Any
     slow_critic: Any  # EMA copy of the critic, a regulariser target only
     slow_ccritic: Any  # THICK: EMA copy of the coarse critic
@@ -1034,7 +1048,7 @@ class Agent:
         self.ctx = args.context_dim  # THICK: C
         dt = jnp.bfloat16 if args.compute_dtype == "bfloat16" else jnp.float32
         units, depth = size["units"], size["depth"]
-        act_out = self.act_dim * (1 if self.discrete else 2)
+        act_out = self.act_dim * (1 if self.discrete else 2)  # discrete: A logits; continuous: A means, A stds
         # ALGO LOGIC: initialize agent here
         self.enc = Encoder(depth, units, self.image, dt)
         self.rssm = RSSM(self.deter, size["hidden"], self.stoch, self.classes, unimix=args.latent_unimix, dtype=dt,
@@ -1708,10 +1722,7 @@ def main(args: Args):
 
         # ALGO LOGIC: training at the train ratio (spec 4): replayed steps per policy step = train_ratio
         if global_step >= args.learning_starts and replay.ready():
-            if sched_prev is None:  # the first call trains once, then the scheduler keeps the ratio
-                sched_prev = global_step - 1 / ratio
-            due = int((global_step - sched_prev) * ratio)
-            sched_prev += due / ratio
+            due, sched_prev = updates_due(global_step, sched_prev, ratio)  # the first call trains once
             for _ in range(due):
                 data, env_idx, time_idx = replay.sample(args.batch_size)
                 key, k = jax.random.split(key)
@@ -1727,10 +1738,13 @@ def main(args: Args):
                                              f"the update was skipped and a checkpoint written to {path}")  # fmt: skip
                 if agent.image and args.video_every and int(state.updates) - last_video >= args.video_every:
                     key, k = jax.random.split(key)
-                    video = np.asarray(agent.openl_video(state.params, data, k))  # (4, T, H, 3W, C)
+                    video = np.asarray(agent.openl_video(state.params, data, k))  # (4, T, H, 4W, C)
                     writer.add_video("openl/prediction", video.transpose(0, 1, 4, 2, 3), global_step, fps=10)
                     writer.add_image("thick/context_change_strip", change_strip(strip), global_step, dataformats="HWC")
                     last_video = int(state.updates)
+            if pending is not None:  # the last update's latents, before the next replay.add can overwrite their slots
+                replay.write_latents(*pending)
+                pending = None
 
         # TRY NOT TO MODIFY: record rewards for plotting purposes
         if global_step - last_log >= args.log_every or global_step >= args.total_timesteps:

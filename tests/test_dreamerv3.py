@@ -181,6 +181,21 @@ def test_learning_rate_warmup():
     assert D.learning_rate_at(args, 1000) == D.learning_rate_at(args, 10**6) == pytest.approx(4e-5)
 
 
+def test_train_ratio_scheduler():
+    """spec 4: the first call trains once; then the updates per policy step average to train_ratio / (B * T), with the
+    fractional part carried over (here ratio 512 / (16 * 64) = 0.5 and 32 / (16 * 32) = 1 / 16, one env)."""
+    assert D.updates_due(1088, None, 0.5) == (1, 1088.0)
+    for ratio in (0.5, 1 / 16, 3.0, 0.3):
+        first, prev = D.updates_due(100, None, ratio)
+        dues = []
+        for step in range(101, 100_001):
+            due, prev = D.updates_due(step, prev, ratio)
+            dues.append(due)
+        assert first == 1 and sum(dues) == pytest.approx(ratio * 99_900, abs=1.0)  # ratio per step, within one update
+        assert max(dues) <= math.ceil(ratio) and min(dues) >= math.floor(ratio)  # spread evenly, no bursts
+    assert D.check_args(D.Args(env_id="crafter")).learning_starts == 16 * 64 + 64  # 1024 window starts of 65 steps
+
+
 def test_per_env_defaults():
     ratio_steps = lambda env, **kw: (lambda a: (a.train_ratio, a.total_timesteps))(D.check_args(D.Args(env_id=env, **kw)))
     assert ratio_steps("crafter") == (512.0, 1_100_000)

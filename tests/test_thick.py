@@ -495,6 +495,17 @@ TINY = ["--model-size", "debug", "--batch-size", "2", "--batch-length", "8", "--
         "--eval-episodes", "1", "--imag-horizon", "3"]  # fmt: skip
 
 
+def test_train_ratio_scheduler_as_in_the_base():
+    """The base's scheduler (tested in test_dreamerv3.py), unchanged: first call 1 update, then ratio per step."""
+    first, prev = td.updates_due(1088, None, 0.25)
+    dues = []
+    for step in range(1089, 1089 + 400):
+        due, prev = td.updates_due(step, prev, 0.25)
+        dues.append(due)
+    assert first == 1 and sum(dues) == 100 and max(dues) == 1
+    assert td.check_args(td.Args(env_id="crafter")).learning_starts == 16 * 64 + 64
+
+
 def test_cli_rejects_bad_thick_flags(tmp_path):
     r = run_script(tmp_path, "--env-id", "CartPole-v1", "--psi", "1.5")
     assert r.returncode == 2 and "--psi" in r.stderr and "Traceback" not in r.stderr
