@@ -12,7 +12,9 @@ a C-RSSM (a GateL0RD context c that changes sparsely, fed into the GRU, the prio
 coarse prior, decoder, reward and continue head without h; a sparsity loss on the gate openings), a high-level model
 that predicts the state, action, time and reward of the next context change, and the THICK Dreamer value: both critics
 (fine v(h, z, c) and coarse v_c(z_c, c)) regress psi * lambda-return + (1 - psi) * V_long, where V_long comes from one
-high-level step per imagined state. `diff dreamerv3_jax.py thick_dreamer_jax.py` shows exactly what THICK adds.
+high-level step per imagined state. `diff dreamerv3_jax.py thick_dreamer_jax.py` shows exactly what THICK adds: the
+tagged blocks, plus untagged lines that only thread the context c (and the coarse critic's slow copy) through carries,
+signatures and replay.
 
 This is the "v3-latest" agent of danijar/dreamerv3 (HEAD, = arXiv v2 = the Nature paper), following
 shared/specs/dreamerv3.md. Decisions (spec section 0): block-diagonal GRU with RMSNorm, one LaProp optimizer with
