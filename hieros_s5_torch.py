@@ -1463,7 +1463,8 @@ def main(args):
             while credit >= 1.0:
                 credit -= 1.0
                 for i, (lv, (opts, sched)) in enumerate(zip(agent.levels, optims, strict=True)):
-                    if not level_trains(n_train_calls, i, args.subactor_train_every) or len(replays[i]) < args.batch_size:  # spec 2.7
+                    # spec 2.7: a level trains on its 4^L-th calls, once its replay holds a batch of keys
+                    if not level_trains(n_train_calls, i, args.subactor_train_every) or len(replays[i]) < args.batch_size:
                         continue
                     m = train_level(
                         lv, opts, sched, to_batch(replays[i].sample(args.batch_size), device), args, loss_fn, autocast
