@@ -901,6 +901,13 @@ class HierarchyRunner:
     Level L's replay record at a decision step holds its observation, its new action, the mean env reward per step
     over the window since its last decision (sum r / every^L), is_first if an episode started in that window, and the
     goal (decoded with level L's own autoencoder) and the code it was conditioned on.
+
+    Episode ends (a deviation from the original and spec 2.6, which record only on the clock t = 0 mod every^L, so that
+    level L >= 1 saw an episode's end only when it fell on one of its decision steps, 1 in every^L ends, and lost the
+    reward after its last decision): with `end` (every env's episode ends at this step) every level filters, decides
+    and records, so its last record carries the episode's tail reward and is_terminal; with `restart` (every env starts
+    an episode here) the clock restarts at t = 0. With one env (the default) this is exact; with several envs in
+    lockstep it applies only when all of them end or start together, otherwise an env's end is seen as in the original.
     """
 
     def __init__(self, agent, num_envs, args, device, greedy=False):
@@ -922,9 +929,12 @@ class HierarchyRunner:
         self.achieved = [[] for _ in self.levels]  # subgoal reward achieved at decision steps (levels with a goal)
 
     @torch.no_grad()
-    def step(self, obs, reward, is_first, is_terminal):
-        """obs (n, ...) tensor of the current observation, reward/is_first/is_terminal (n,) that came with it.
+    def step(self, obs, reward, is_first, is_terminal, restart=False, end=False):
+        """obs (n, ...) tensor of the current observation, reward/is_first/is_terminal (n,) that came with it; restart /
+        end: Python bools, every env starts / ends an episode at this step (computed by the caller on the host).
         Returns the level-0 action (n, A) and a list with a replay record (dict of tensors) per acting level."""
+        if restart:  # every level's clock restarts with the episode (all levels decide at its first step)
+            self.t = 0
         t, nl = self.t, len(self.levels)
         # an episode start drops what the last episode left unreported and the held subgoal codes (spec 2.6: masked
         # until the level above decides again; level 0's previous action is masked in obs_step as well)
@@ -934,7 +944,7 @@ class HierarchyRunner:
         self.first_pending |= is_first[None]
         for i in range(1, nl):  # an episode start empties the FIFOs of the upper levels
             self.fifo[i] = torch.where(is_first[:, None, None], torch.zeros_like(self.fifo[i]), self.fifo[i])
-        active = [i for i in range(nl) if level_acts(t, i, self.every)]  # a prefix 0..k (the periods nest)
+        active = [i for i in range(nl) if end or level_acts(t, i, self.every)]  # a prefix 0..k (the periods nest)
         inputs = [None] * nl
         for i in active:  # bottom-up filtering
             lv = self.levels[i]
@@ -1266,11 +1276,11 @@ def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model=None, 
     runner = HierarchyRunner(agent, 1, saved, device, greedy=greedy)
     obs, _ = envs.reset(seed=seed)
     flags = EpisodeFlags(1)
-    is_first, reward, is_terminal = flags.reset(), np.zeros(1), np.zeros(1, bool)
+    is_first, is_last, reward, is_terminal = flags.reset(), np.zeros(1, bool), np.zeros(1), np.zeros(1, bool)
     returns, ret = [], 0.0
     while len(returns) < eval_episodes:
         tt = lambda x: torch.as_tensor(x, device=device)
-        action, _ = runner.step(tt(obs), tt(reward), tt(is_first), tt(is_terminal))
+        action, _ = runner.step(tt(obs), tt(reward), tt(is_first), tt(is_terminal), bool(is_first[0]), bool(is_last[0]))
         obs, reward, term, trunc, _ = envs.step(env_action(action, envs.single_action_space))
         is_first, is_last, is_terminal = flags.step(term, trunc)
         ret += float(reward[0])
@@ -1412,7 +1422,7 @@ def main(args):
     start_time, start_step = time.time(), global_step
     obs, _ = envs.reset(seed=args.seed + global_step)  # a resumed run must not replay the first run's episodes
     flags = EpisodeFlags(args.num_envs)
-    is_first = flags.reset()
+    is_first, is_last = flags.reset(), np.zeros(args.num_envs, bool)
     reward, is_terminal = np.zeros(args.num_envs, np.float32), np.zeros(args.num_envs, bool)
     next_progress = (global_step // args.progress_every + 1) * args.progress_every
     next_ckpt = (global_step // args.checkpoint_every + 1) * args.checkpoint_every if args.checkpoint_every else None
@@ -1434,7 +1444,8 @@ def main(args):
         # ALGO LOGIC: action logic (all levels filter and decide; records go to each acting level's replay)
         agent.eval()
         tt = lambda x: torch.as_tensor(x, device=device)
-        action, records = runner.step(tt(obs), tt(reward), tt(is_first), tt(is_terminal))
+        action, records = runner.step(tt(obs), tt(reward), tt(is_first), tt(is_terminal),
+                                      restart=bool(is_first.all()), end=bool(is_last.all()))  # fmt: skip
         agent.train()
         for r, rec in zip(replays, records, strict=True):
             if rec is not None:
@@ -1442,7 +1453,7 @@ def main(args):
 
         # TRY NOT TO MODIFY: execute the game and log data.
         obs, reward, terminations, truncations, infos = envs.step(env_action(action, act_space))
-        is_first, _, is_terminal = flags.step(terminations, truncations)
+        is_first, is_last, is_terminal = flags.step(terminations, truncations)
         reward = reward.astype(np.float32)
         global_step += args.num_envs
         for ep in episode_stats(infos):

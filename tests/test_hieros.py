@@ -362,7 +362,8 @@ def test_schedule_and_level_rewards_over_64_steps():
 
 def test_episode_start_masks_held_code_and_unreported_reward():
     """Spec 2.6: at an episode start the code held from the level above is masked (zero) until that level decides
-    again, and the reward level 1 accumulated since its last decision in the old episode is dropped."""
+    again, and the reward level 1 accumulated since its last decision in the old episode is dropped. (This is what one
+    of several lockstep envs sees when its episode starts between decisions: no `end` / `restart`.)"""
     torch.manual_seed(10)
     agent, args = debug_agent(max_hierarchy=2)
     runner = h.HierarchyRunner(agent, 1, args, torch.device("cpu"))
@@ -375,6 +376,30 @@ def test_episode_start_masks_held_code_and_unreported_reward():
     assert recs[2][0]["code"].abs().sum() == 0 and recs[3][0]["code"].abs().sum() == 0  # masked after the start
     torch.testing.assert_close(recs[4][0]["code"], recs[4][1]["action"])  # the new decision is used at once
     assert recs[4][1]["is_first"].all() and float(recs[4][1]["reward"]) == 0.0  # the old episode's 5 is not carried
+
+
+def test_episode_end_is_recorded_by_every_level_and_restarts_the_clock():
+    """One env: the last step of an episode (`end`) is a decision step of every level, whose record carries the tail
+    reward (sum r / every^L since the level's last decision) and is_terminal; the next episode restarts the clock."""
+    torch.manual_seed(11)
+    agent, args = debug_agent(max_hierarchy=3)
+    runner = h.HierarchyRunner(agent, 1, args, torch.device("cpu"))
+    seen = {0: [], 1: [], 2: []}
+    for t in range(12):  # the episode ends at t = 5 (reward 8 and a terminal there); the next starts at t = 6
+        first, last = t in (0, 6), t == 5
+        _, records = runner.step(torch.randn(1, 5), torch.tensor([8.0 if last else 0.0]), torch.tensor([first]),
+                                 torch.tensor([last]), restart=first, end=last)  # fmt: skip
+        for level, rec in enumerate(records):
+            if rec is not None:
+                seen[level].append((t, rec))
+    assert [t for t, _ in seen[0]] == list(range(12))
+    assert [t for t, _ in seen[1]] == [0, 4, 5, 6, 10]  # the clock restarts at t = 6
+    assert [t for t, _ in seen[2]] == [0, 5, 6]
+    for level, tail in ((1, 8.0 / 4), (2, 8.0 / 16)):
+        rec = dict(seen[level])
+        assert float(rec[5]["reward"]) == pytest.approx(tail) and bool(rec[5]["is_terminal"])
+        assert not rec[5]["is_first"].any() and rec[6]["is_first"].all() and float(rec[6]["reward"]) == 0.0
+        assert not any(bool(r["is_terminal"]) for t, r in seen[level] if t != 5)
 
 
 def test_subgoal_reward_hand_made():
