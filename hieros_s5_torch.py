@@ -902,12 +902,13 @@ class HierarchyRunner:
     over the window since its last decision (sum r / every^L), is_first if an episode started in that window, and the
     goal (decoded with level L's own autoencoder) and the code it was conditioned on.
 
-    Episode ends (a deviation from the original and spec 2.6, which record only on the clock t = 0 mod every^L, so that
-    level L >= 1 saw an episode's end only when it fell on one of its decision steps, 1 in every^L ends, and lost the
-    reward after its last decision): with `end` (every env's episode ends at this step) every level filters, decides
-    and records, so its last record carries the episode's tail reward and is_terminal; with `restart` (every env starts
-    an episode here) the clock restarts at t = 0. With one env (the default) this is exact; with several envs in
-    lockstep it applies only when all of them end or start together, otherwise an env's end is seen as in the original.
+    Per-env clocks and episode ends (a deviation from the original and spec 2.6, where one global clock t decides for
+    all envs, so that level L >= 1 saw an env's episode end only when it fell on one of its decision steps, 1 in
+    every^L ends, and lost the reward after its last decision): each env has its own clock, restarted at its episode
+    start, and the last step of an episode is a decision step of every level, so the level's last record of the episode
+    carries the tail reward and is_terminal. Levels >= 1 therefore decide per env; a record carries `env_mask`, the
+    envs it is for, and each replay writes those envs only. With one env, or envs that start and end together, this is
+    the original's schedule plus the end records.
     """
 
     def __init__(self, agent, num_envs, args, device, greedy=False):
@@ -918,7 +919,7 @@ class HierarchyRunner:
 
     def reset(self):
         n, dev = self.n, self.device
-        self.t = 0
+        self.t = np.zeros(n, np.int64)  # per-env clock: env steps since the episode started (host side, no syncs)
         self.latent = [lv.wm.initial(n) for lv in self.levels]
         self.logits = [torch.zeros(n, lv.wm.S, lv.wm.C, device=dev) for lv in self.levels]
         self.last_action = [torch.zeros(n, lv.act_dim, device=dev) for lv in self.levels]
@@ -929,13 +930,17 @@ class HierarchyRunner:
         self.achieved = [[] for _ in self.levels]  # subgoal reward achieved at decision steps (levels with a goal)
 
     @torch.no_grad()
-    def step(self, obs, reward, is_first, is_terminal, restart=False, end=False):
-        """obs (n, ...) tensor of the current observation, reward/is_first/is_terminal (n,) that came with it; restart /
-        end: Python bools, every env starts / ends an episode at this step (computed by the caller on the host).
-        Returns the level-0 action (n, A) and a list with a replay record (dict of tensors) per acting level."""
-        if restart:  # every level's clock restarts with the episode (all levels decide at its first step)
-            self.t = 0
-        t, nl = self.t, len(self.levels)
+    def step(self, obs, reward, is_first, is_terminal, first=None, last=None):
+        """obs (n, ...) tensor of the current observation, reward/is_first/is_terminal (n,) tensors that came with it;
+        first / last: the same step's is_first / is_last as numpy bool arrays (n,) for the per-env clocks (None: no
+        episode starts / ends here). Returns the level-0 action (n, A) and a list with a replay record (dict of
+        tensors, plus `env_mask`, numpy (n,)) per level that decided for at least one env."""
+        nl = len(self.levels)
+        if first is not None:
+            self.t[first] = 0  # an episode start restarts the env's clock: every level decides at its first step
+        ends = np.zeros(self.n, bool) if last is None else np.asarray(last, bool)
+        decide = [(self.t % self.every**i == 0) | ends for i in range(nl)]  # (n,) per level, nested: L decides => L-1
+        masks = [torch.as_tensor(d, device=self.device) for d in decide]
         # an episode start drops what the last episode left unreported and the held subgoal codes (spec 2.6: masked
         # until the level above decides again; level 0's previous action is masked in obs_step as well)
         self.reward_acc = torch.where(is_first[None], torch.zeros_like(self.reward_acc), self.reward_acc)
@@ -944,20 +949,22 @@ class HierarchyRunner:
         self.first_pending |= is_first[None]
         for i in range(1, nl):  # an episode start empties the FIFOs of the upper levels
             self.fifo[i] = torch.where(is_first[:, None, None], torch.zeros_like(self.fifo[i]), self.fifo[i])
-        active = [i for i in range(nl) if end or level_acts(t, i, self.every)]  # a prefix 0..k (the periods nest)
+        active = [i for i in range(nl) if decide[i].any()]  # a prefix 0..k (the periods nest)
         inputs = [None] * nl
-        for i in active:  # bottom-up filtering
-            lv = self.levels[i]
+        for i in active:  # bottom-up filtering; the new state is kept only for the envs where level i decides
+            lv, m = self.levels[i], masks[i]
             inputs[i] = obs if i == 0 else self.fifo[i].flatten(1)  # (n, ...) or (n, 4 (S*C + D))
-            self.latent[i], self.logits[i], _ = lv.wm.obs_step(
-                self.latent[i], self.last_action[i], lv.wm.encoder(inputs[i]), self.first_pending[i]
-            )
+            latent, logits, _ = lv.wm.obs_step(self.latent[i], self.last_action[i], lv.wm.encoder(inputs[i]),
+                                               self.first_pending[i])  # fmt: skip
+            keep = lambda new, old: torch.where(m.view(-1, *[1] * (new.dim() - 1)), new, old)  # noqa: B023
+            self.latent[i] = {k: keep(v, self.latent[i][k]) for k, v in latent.items()}
+            self.logits[i] = keep(logits, self.logits[i])
             if i + 1 < nl:  # hand the fresh latent [z; symlog(h)] up into level i+1's FIFO (symlog_subactor_obs)
                 lat = torch.cat([self.latent[i]["z"], symlog(self.latent[i]["h"])], -1).float()[:, None]
-                self.fifo[i + 1] = torch.cat([self.fifo[i + 1][:, 1:], lat], 1)
+                self.fifo[i + 1] = keep(torch.cat([self.fifo[i + 1][:, 1:], lat], 1), self.fifo[i + 1])
         records = [None] * nl
         for i in reversed(active):  # top-down decisions
-            lv = self.levels[i]
+            lv, m = self.levels[i], masks[i]
             code = (
                 self.last_action[i + 1]
                 if lv.has_goal
@@ -968,14 +975,15 @@ class HierarchyRunner:
             action = lv.actor.sample(lv.actor.dist(x), self.greedy)
             records[i] = dict(obs=inputs[i], action=action, reward=self.reward_acc[i].clone(),
                               is_first=self.first_pending[i].clone(), is_terminal=is_terminal.clone(), subgoal=goal,
-                              code=code)  # fmt: skip
+                              code=code, env_mask=decide[i])  # fmt: skip
+            idx = torch.as_tensor(np.flatnonzero(decide[i]), device=self.device)  # host-side indices: no device sync
             if lv.has_goal:
-                self.achieved[i].append(subgoal_reward(goal, self.latent[i]["h"]).mean())
+                self.achieved[i].append(subgoal_reward(goal, self.latent[i]["h"]).index_select(0, idx).mean())
             if i >= 1:
-                self.emitted[i].append(action)
-            self.last_action[i] = action
-            self.reward_acc[i] = 0.0
-            self.first_pending[i] = False
+                self.emitted[i].append(action.index_select(0, idx))
+            self.last_action[i] = torch.where(m[:, None], action, self.last_action[i])
+            self.reward_acc[i] = torch.where(m, torch.zeros_like(self.reward_acc[i]), self.reward_acc[i])
+            self.first_pending[i] &= ~m
         self.t += 1
         return self.last_action[0], records
 
@@ -1026,9 +1034,11 @@ def etbs_pmf(n_keys, m, tau, iters=100):
 
 
 class SequenceReplay:
-    """Per-env ring buffers in lockstep; key k = (env k % E, start k // E) is the T-step sequence starting there.
+    """Per-env ring buffers of `cap` steps; key = (env, start), the T-step sequence starting there.
 
-    Keys are in insertion order, so the key index is the "age" ETBS reasons about. Images are stored as uint8.
+    A record is written for all envs, or only for those in its `env_mask` (levels >= 1 record at each env's own
+    decision steps). Keys are kept in the order they became complete, which is the "age" ETBS reasons about; with
+    lockstep writes key k is (env k % E, start k // E), as in the original. Images are stored as uint8.
     """
 
     def __init__(self, capacity, num_envs, length, spec, args, seed):
@@ -1036,45 +1046,89 @@ class SequenceReplay:
         self.cap = max(capacity // num_envs, length + 1)  # steps per env
         self.capacity = capacity
         self.data = {k: np.zeros((num_envs, self.cap, *shape), dtype) for k, (shape, dtype) in spec.items()}
-        self.count = 0  # steps written per env
+        self.count = np.zeros(num_envs, np.int64)  # steps written per env
+        self.key_env = np.zeros(num_envs * self.cap, np.int64)  # ring of complete keys, oldest at key_head
+        self.key_start = np.zeros(num_envs * self.cap, np.int64)
+        self.key_head, self.key_n = 0, 0
         self.sampler, self.tau, self.max_len = args.replay, args.replay_temperature, args.etbs_max_len
         self.rng = np.random.default_rng(seed)
 
-    def __len__(self):  # number of valid keys N
-        return self.E * max(0, self.count - self.T + 1) - self.E * max(0, self.count - self.cap)
+    def __len__(self):  # number of keys N
+        return self.key_n if self.count.min() == self.count.max() else len(self._valid())
+
+    def _valid(self):
+        """Ring positions of the keys whose steps are all still stored, oldest first. With lockstep writes only the
+        oldest keys get overwritten, and `_drop_overwritten` has removed them; with uneven envs an env that wrote more
+        also overwrote keys behind the oldest key of a slower env."""
+        ring = (self.key_head + np.arange(self.key_n)) % len(self.key_env)
+        return ring[self.key_start[ring] >= self.count[self.key_env[ring]] - self.cap]
+
+    def _push_key(self, env, start):
+        if self.key_n == len(self.key_env):  # full of overwritten keys (uneven envs): keep only the stored ones
+            keep = self._valid()
+            self.key_env[: len(keep)], self.key_start[: len(keep)] = self.key_env[keep], self.key_start[keep]
+            self.key_head, self.key_n = 0, len(keep)
+        i = (self.key_head + self.key_n) % len(self.key_env)
+        self.key_env[i], self.key_start[i] = env, start
+        self.key_n += 1
+
+    def _drop_overwritten(self):  # keys whose first step was overwritten leave from the old end
+        while self.key_n and self.key_start[self.key_head] < self.count[self.key_env[self.key_head]] - self.cap:
+            self.key_head, self.key_n = (self.key_head + 1) % len(self.key_env), self.key_n - 1
 
     def add(self, record):
-        pos = self.count % self.cap
+        mask = record.get("env_mask")
+        envs = np.arange(self.E) if mask is None else np.flatnonzero(mask)
+        pos = self.count[envs] % self.cap
         for k, v in record.items():
-            self.data[k][:, pos] = v.detach().cpu().numpy() if torch.is_tensor(v) else v
-        self.count += 1
+            if k != "env_mask":
+                v = v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v)
+                self.data[k][envs, pos] = v[envs]
+        self.count[envs] += 1
+        for e in envs:
+            if self.count[e] >= self.T:
+                self._push_key(e, self.count[e] - self.T)
+        self._drop_overwritten()
 
     def sample(self, batch_size):
-        n = len(self)
+        valid = None if self.count.min() == self.count.max() else self._valid()  # None: lockstep, no gaps
+        n = self.key_n if valid is None else len(valid)
         u = self.rng.random(batch_size)
         if self.sampler == "etbs":
             idx = etbs_index(u, n, n if self.max_len == "current" else self.capacity, self.tau)
         else:
             idx = np.minimum((u * n).astype(np.int64), n - 1)
-        key = self.E * max(0, self.count - self.cap) + idx  # oldest valid key + index
-        env, start = key % self.E, key // self.E
+        ring = (self.key_head + idx) % len(self.key_env) if valid is None else valid[idx]  # the idx-th oldest key
+        env, start = self.key_env[ring], self.key_start[ring]
         steps = (start[:, None] + np.arange(self.T)) % self.cap  # (B, T)
         batch = {k: v[env[:, None], steps] for k, v in self.data.items()}
         batch["is_first"][:, 0] = True  # every sampled sequence starts fresh (x_0 = 0)
         return batch
 
     def state_dict(self):
-        filled = min(self.count, self.cap)
+        filled = int(min(self.count.max(), self.cap))
+        ring = self._valid()
         return {
-            "count": self.count,
+            "count": self.count.copy(),
+            "keys": np.stack([self.key_env[ring], self.key_start[ring]]),
             "rng": self.rng.bit_generator.state,
             "data": {k: v[:, :filled].copy() for k, v in self.data.items()},
         }
 
     def load_state_dict(self, state):
-        self.count, self.rng.bit_generator.state = state["count"], state["rng"]
+        self.count = np.broadcast_to(np.asarray(state["count"], np.int64), (self.E,)).copy()  # files before: one int
+        self.rng.bit_generator.state = state["rng"]
         for k, v in state["data"].items():
             self.data[k][:, : v.shape[1]] = v
+        self.key_head, self.key_n = 0, 0
+        if "keys" in state:
+            for e, start in np.asarray(state["keys"]).T:
+                self._push_key(int(e), int(start))
+        else:  # files before per-env positions: lockstep, keys in the order (start, env)
+            c = int(self.count[0])
+            for start in range(max(0, c - self.cap), c - self.T + 1):
+                for e in range(self.E):
+                    self._push_key(e, start)
 
 
 def replay_spec(level, obs_space):
@@ -1280,7 +1334,7 @@ def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model=None, 
     returns, ret = [], 0.0
     while len(returns) < eval_episodes:
         tt = lambda x: torch.as_tensor(x, device=device)
-        action, _ = runner.step(tt(obs), tt(reward), tt(is_first), tt(is_terminal), bool(is_first[0]), bool(is_last[0]))
+        action, _ = runner.step(tt(obs), tt(reward), tt(is_first), tt(is_terminal), first=is_first, last=is_last)
         obs, reward, term, trunc, _ = envs.step(env_action(action, envs.single_action_space))
         is_first, is_last, is_terminal = flags.step(term, trunc)
         ret += float(reward[0])
@@ -1444,8 +1498,7 @@ def main(args):
         # ALGO LOGIC: action logic (all levels filter and decide; records go to each acting level's replay)
         agent.eval()
         tt = lambda x: torch.as_tensor(x, device=device)
-        action, records = runner.step(tt(obs), tt(reward), tt(is_first), tt(is_terminal),
-                                      restart=bool(is_first.all()), end=bool(is_last.all()))  # fmt: skip
+        action, records = runner.step(tt(obs), tt(reward), tt(is_first), tt(is_terminal), first=is_first, last=is_last)
         agent.train()
         for r, rec in zip(replays, records, strict=True):
             if rec is not None:

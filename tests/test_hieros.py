@@ -379,27 +379,39 @@ def test_episode_start_masks_held_code_and_unreported_reward():
 
 
 def test_episode_end_is_recorded_by_every_level_and_restarts_the_clock():
-    """One env: the last step of an episode (`end`) is a decision step of every level, whose record carries the tail
-    reward (sum r / every^L since the level's last decision) and is_terminal; the next episode restarts the clock."""
+    """Per-env clocks: the last step of an env's episode is a decision step of every level (its record carries the
+    tail reward sum r / every^L since the level's last decision, and is_terminal), and the env's next episode restarts
+    its clock; the other env keeps its schedule. Records say which envs they are for (`env_mask`)."""
     torch.manual_seed(11)
     agent, args = debug_agent(max_hierarchy=3)
-    runner = h.HierarchyRunner(agent, 1, args, torch.device("cpu"))
-    seen = {0: [], 1: [], 2: []}
-    for t in range(12):  # the episode ends at t = 5 (reward 8 and a terminal there); the next starts at t = 6
-        first, last = t in (0, 6), t == 5
-        _, records = runner.step(torch.randn(1, 5), torch.tensor([8.0 if last else 0.0]), torch.tensor([first]),
-                                 torch.tensor([last]), restart=first, end=last)  # fmt: skip
+    runner = h.HierarchyRunner(agent, 2, args, torch.device("cpu"))
+    seen = {(level, e): [] for level in range(3) for e in range(2)}
+    for t in range(12):  # env 0's episode ends at t = 5 (reward 8 and a terminal there), its next starts at t = 6
+        first, last = np.array([t in (0, 6), t == 0]), np.array([t == 5, False])
+        _, records = runner.step(torch.randn(2, 5), torch.tensor([8.0 if t == 5 else 0.0, 0.0]), torch.as_tensor(first),
+                                 torch.as_tensor(last), first=first, last=last)  # fmt: skip
         for level, rec in enumerate(records):
-            if rec is not None:
-                seen[level].append((t, rec))
-    assert [t for t, _ in seen[0]] == list(range(12))
-    assert [t for t, _ in seen[1]] == [0, 4, 5, 6, 10]  # the clock restarts at t = 6
-    assert [t for t, _ in seen[2]] == [0, 5, 6]
+            for e in np.flatnonzero(rec["env_mask"]) if rec is not None else []:
+                seen[(level, e)].append((t, {k: v[e] for k, v in rec.items() if k != "env_mask"}))
+    steps = {k: [t for t, _ in v] for k, v in seen.items()}
+    assert steps[(0, 0)] == steps[(0, 1)] == list(range(12))
+    assert steps[(1, 0)] == [0, 4, 5, 6, 10] and steps[(1, 1)] == [0, 4, 8]  # env 0's clock restarts at t = 6
+    assert steps[(2, 0)] == [0, 5, 6] and steps[(2, 1)] == [0]
     for level, tail in ((1, 8.0 / 4), (2, 8.0 / 16)):
-        rec = dict(seen[level])
+        rec = dict(seen[(level, 0)])
         assert float(rec[5]["reward"]) == pytest.approx(tail) and bool(rec[5]["is_terminal"])
-        assert not rec[5]["is_first"].any() and rec[6]["is_first"].all() and float(rec[6]["reward"]) == 0.0
-        assert not any(bool(r["is_terminal"]) for t, r in seen[level] if t != 5)
+        assert not rec[5]["is_first"] and rec[6]["is_first"] and float(rec[6]["reward"]) == 0.0
+        assert not any(bool(r["is_terminal"]) for t, r in seen[(level, 0)] if t != 5)
+    # each replay writes only the envs of a record: env 0 has more level-1 steps than env 1
+    rep = h.SequenceReplay(100, 2, 2, h.replay_spec(agent.levels[1], gym.spaces.Box(-1, 1, (5,))), args, seed=0)
+    runner.reset()
+    for t in range(12):
+        first, last = np.array([t in (0, 6), t == 0]), np.array([t == 5, False])
+        _, records = runner.step(torch.randn(2, 5), torch.zeros(2), torch.as_tensor(first), torch.as_tensor(last),
+                                 first=first, last=last)  # fmt: skip
+        if records[1] is not None:
+            rep.add(records[1])
+    assert rep.count.tolist() == [5, 3] and len(rep) == 4 + 2
 
 
 def test_subgoal_reward_hand_made():
@@ -562,6 +574,42 @@ def test_replay_sequences_and_wraparound():
     t0 = batch["obs"][:, :, 0]
     assert (np.diff(t0, axis=1) == 1).all() and t0.min() >= 15 and t0.max() <= 24  # contiguous, not overwritten
     assert batch["is_first"][:, 0].all() and not batch["is_first"][:, 1:].any()
+
+
+def test_replay_keys_lockstep_and_per_env():
+    """Lockstep writes give the original's key order k = (env k % E, start k // E); per-env (masked) writes keep each
+    env's stream contiguous, count only keys whose steps are all stored, and survive a state round trip; a file from
+    before per-env positions (one int count, no key list) loads as lockstep."""
+    args = h.Args(model_size="debug", replay="etbs")
+    spec = {"obs": ((2,), np.float32), "is_first": ((), bool)}
+    E, T = 3, 4
+    rep = h.SequenceReplay(capacity=30, num_envs=E, length=T, spec=spec, args=args, seed=0)  # 10 steps per env
+    for t in range(37):
+        rep.add({"obs": np.array([[t, e] for e in range(E)], np.float32), "is_first": np.zeros(E, bool)})
+        c = t + 1
+        n = E * max(0, c - T + 1) - E * max(0, c - 10)
+        ring = rep._valid()
+        assert len(rep) == n and list(zip(rep.key_env[ring], rep.key_start[ring], strict=True)) == [
+            (k % E, k // E) for k in range(E * max(0, c - 10), E * max(0, c - 10) + n)
+        ]
+    rep = h.SequenceReplay(capacity=30, num_envs=E, length=T, spec=spec, args=args, seed=0)
+    for t in range(600):  # env e writes every (e + 1)-th step
+        mask = np.array([True, t % 2 == 0, t % 3 == 0])
+        rep.add({"obs": np.array([[t, e] for e in range(E)], np.float32), "is_first": np.zeros(E, bool), "env_mask": mask})
+        assert len(rep) == sum(max(0, min(c, 10) - T + 1) for c in rep.count)
+    o = rep.sample(256)["obs"]
+    for e in range(E):
+        mine = o[o[:, 0, 1] == e]
+        assert len(mine) and (np.diff(mine[:, :, 0], axis=1) == e + 1).all() and mine[:, 0, 0].min() >= 600 - 10 * (e + 1)
+    rep2 = h.SequenceReplay(capacity=30, num_envs=E, length=T, spec=spec, args=args, seed=1)
+    rep2.load_state_dict(rep.state_dict())
+    b1, b2 = rep.sample(8), rep2.sample(8)
+    assert len(rep2) == len(rep) and all((b1[k] == b2[k]).all() for k in b1)
+    old = {"count": 25, "rng": rep.rng.bit_generator.state,
+           "data": {"obs": np.zeros((E, 10, 2), np.float32), "is_first": np.zeros((E, 10), bool)}}  # fmt: skip
+    rep3 = h.SequenceReplay(capacity=30, num_envs=E, length=T, spec=spec, args=args, seed=1)
+    rep3.load_state_dict(old)
+    assert len(rep3) == E * (10 - T + 1) and rep3.key_start[rep3.key_head] == 15
 
 
 # ----------------------------------------------------------------------------------------------------------------------
