@@ -1049,7 +1049,7 @@ class SequenceReplay:
         self.count = np.zeros(num_envs, np.int64)  # steps written per env
         self.key_env = np.zeros(num_envs * self.cap, np.int64)  # ring of complete keys, oldest at key_head
         self.key_start = np.zeros(num_envs * self.cap, np.int64)
-        self.key_head, self.key_n = 0, 0
+        self.key_head, self.key_n, self._valid_cache = 0, 0, None
         self.sampler, self.tau, self.max_len = args.replay, args.replay_temperature, args.etbs_max_len
         self.rng = np.random.default_rng(seed)
 
@@ -1059,20 +1059,25 @@ class SequenceReplay:
     def _valid(self):
         """Ring positions of the keys whose steps are all still stored, oldest first. With lockstep writes only the
         oldest keys get overwritten, and `_drop_overwritten` has removed them; with uneven envs an env that wrote more
-        also overwrote keys behind the oldest key of a slower env."""
-        ring = (self.key_head + np.arange(self.key_n)) % len(self.key_env)
-        return ring[self.key_start[ring] >= self.count[self.key_env[ring]] - self.cap]
+        also overwrote keys behind the oldest key of a slower env. O(N), cached until the next write."""
+        if self._valid_cache is None:
+            ring = (self.key_head + np.arange(self.key_n)) % len(self.key_env)
+            self._valid_cache = ring[self.key_start[ring] >= self.count[self.key_env[ring]] - self.cap]
+        return self._valid_cache
 
     def _push_key(self, env, start):
         if self.key_n == len(self.key_env):  # full of overwritten keys (uneven envs): keep only the stored ones
+            self._valid_cache = None
             keep = self._valid()
             self.key_env[: len(keep)], self.key_start[: len(keep)] = self.key_env[keep], self.key_start[keep]
             self.key_head, self.key_n = 0, len(keep)
         i = (self.key_head + self.key_n) % len(self.key_env)
         self.key_env[i], self.key_start[i] = env, start
         self.key_n += 1
+        self._valid_cache = None
 
     def _drop_overwritten(self):  # keys whose first step was overwritten leave from the old end
+        self._valid_cache = None
         while self.key_n and self.key_start[self.key_head] < self.count[self.key_env[self.key_head]] - self.cap:
             self.key_head, self.key_n = (self.key_head + 1) % len(self.key_env), self.key_n - 1
 
@@ -1085,6 +1090,7 @@ class SequenceReplay:
                 v = v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v)
                 self.data[k][envs, pos] = v[envs]
         self.count[envs] += 1
+        self._valid_cache = None
         for e in envs:
             if self.count[e] >= self.T:
                 self._push_key(e, self.count[e] - self.T)
@@ -1120,7 +1126,7 @@ class SequenceReplay:
         self.rng.bit_generator.state = state["rng"]
         for k, v in state["data"].items():
             self.data[k][:, : v.shape[1]] = v
-        self.key_head, self.key_n = 0, 0
+        self.key_head, self.key_n, self._valid_cache = 0, 0, None
         if "keys" in state:
             for e, start in np.asarray(state["keys"]).T:
                 self._push_key(int(e), int(start))

@@ -362,8 +362,8 @@ def test_schedule_and_level_rewards_over_64_steps():
 
 def test_episode_start_masks_held_code_and_unreported_reward():
     """Spec 2.6: at an episode start the code held from the level above is masked (zero) until that level decides
-    again, and the reward level 1 accumulated since its last decision in the old episode is dropped. (This is what one
-    of several lockstep envs sees when its episode starts between decisions: no `end` / `restart`.)"""
+    again, and the reward level 1 accumulated since its last decision in the old episode is dropped. (Here without
+    `first` / `last`, so the clock does not restart and the start falls between level 1's decisions.)"""
     torch.manual_seed(10)
     agent, args = debug_agent(max_hierarchy=2)
     runner = h.HierarchyRunner(agent, 1, args, torch.device("cpu"))
