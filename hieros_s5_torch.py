@@ -161,7 +161,7 @@ class Args:
     max_hierarchy: int = 3
     """number of levels (1 = flat S5-Dreamer without subgoals)"""
     subactor_update_every: int = 4
-    """level L acts every subactor_update_every^L env steps"""
+    """level L acts every subactor_update_every^L env steps of its env's episode, and at the episode's last step"""
     subactor_train_every: int = 4
     """level L trains on every subactor_train_every^L-th train call"""
     subactor_encode_intermediate: int = 4
@@ -885,7 +885,8 @@ class Agent(nn.Module):
 
 
 def level_acts(t, level, every):
-    """Level L acts (and filters a new observation) at env steps t = 0 (mod every^L)."""
+    """Level L acts (and filters a new observation) at env steps t = 0 (mod every^L); `HierarchyRunner` counts t per env
+    from the episode start and also lets every level act at an episode's last step."""
     return t % (every**level) == 0
 
 
@@ -898,17 +899,18 @@ class HierarchyRunner:
     """Per-env acting state of all levels. Filtering runs bottom-up (level L sees level L-1's *fresh* latent), then the
     decisions run top-down (level L is conditioned on the code level L+1 just emitted or still holds).
 
-    Level L's replay record at a decision step holds its observation, its new action, the mean env reward per step
-    over the window since its last decision (sum r / every^L), is_first if an episode started in that window, and the
-    goal (decoded with level L's own autoencoder) and the code it was conditioned on.
+    Level L's replay record at a decision step holds its observation, its new action, the env reward since its last
+    decision divided by the full period (sum r / every^L, also for a shorter window at an episode end), is_first if
+    an episode started in that window, and the goal (decoded with level L's own autoencoder) and the code it was
+    conditioned on.
 
     Per-env clocks and episode ends (a deviation from the original and spec 2.6, where one global clock t decides for
     all envs, so that level L >= 1 saw an env's episode end only when it fell on one of its decision steps, 1 in
     every^L ends, and lost the reward after its last decision): each env has its own clock, restarted at its episode
     start, and the last step of an episode is a decision step of every level, so the level's last record of the episode
     carries the tail reward and is_terminal. Levels >= 1 therefore decide per env; a record carries `env_mask`, the
-    envs it is for, and each replay writes those envs only. With one env, or envs that start and end together, this is
-    the original's schedule plus the end records.
+    envs it is for, and each replay writes those envs only. A level's per-step work runs on all envs whenever one of
+    them decides (the others' results are discarded), which keeps the batch shapes fixed.
     """
 
     def __init__(self, agent, num_envs, args, device, greedy=False):
@@ -940,7 +942,9 @@ class HierarchyRunner:
             self.t[first] = 0  # an episode start restarts the env's clock: every level decides at its first step
         ends = np.zeros(self.n, bool) if last is None else np.asarray(last, bool)
         decide = [(self.t % self.every**i == 0) | ends for i in range(nl)]  # (n,) per level, nested: L decides => L-1
+        # host-to-device copies before any kernel of this step is queued (a pageable copy waits for the stream)
         masks = [torch.as_tensor(d, device=self.device) for d in decide]
+        rows = [torch.as_tensor(np.flatnonzero(d), device=self.device) for d in decide]  # the deciding envs
         # an episode start drops what the last episode left unreported and the held subgoal codes (spec 2.6: masked
         # until the level above decides again; level 0's previous action is masked in obs_step as well)
         self.reward_acc = torch.where(is_first[None], torch.zeros_like(self.reward_acc), self.reward_acc)
@@ -976,11 +980,10 @@ class HierarchyRunner:
             records[i] = dict(obs=inputs[i], action=action, reward=self.reward_acc[i].clone(),
                               is_first=self.first_pending[i].clone(), is_terminal=is_terminal.clone(), subgoal=goal,
                               code=code, env_mask=decide[i])  # fmt: skip
-            idx = torch.as_tensor(np.flatnonzero(decide[i]), device=self.device)  # host-side indices: no device sync
             if lv.has_goal:
-                self.achieved[i].append(subgoal_reward(goal, self.latent[i]["h"]).index_select(0, idx).mean())
+                self.achieved[i].append(subgoal_reward(goal, self.latent[i]["h"]).index_select(0, rows[i]).mean())
             if i >= 1:
-                self.emitted[i].append(action.index_select(0, idx))
+                self.emitted[i].append(action.index_select(0, rows[i]))
             self.last_action[i] = torch.where(m[:, None], action, self.last_action[i])
             self.reward_acc[i] = torch.where(m, torch.zeros_like(self.reward_acc[i]), self.reward_acc[i])
             self.first_pending[i] &= ~m
@@ -1037,8 +1040,11 @@ class SequenceReplay:
     """Per-env ring buffers of `cap` steps; key = (env, start), the T-step sequence starting there.
 
     A record is written for all envs, or only for those in its `env_mask` (levels >= 1 record at each env's own
-    decision steps). Keys are kept in the order they became complete, which is the "age" ETBS reasons about; with
-    lockstep writes key k is (env k % E, start k // E), as in the original. Images are stored as uint8.
+    decision steps). Keys are kept in a ring in the order they became complete, which is the "age" ETBS reasons about;
+    with lockstep writes key k is (env k % E, start k // E), as in the original. Each write of env e overwrites the
+    first step of its oldest key (once the env has wrapped), which makes that key stale; stale keys at the old end of
+    the ring are dropped at once, stale keys behind the oldest key of a slower env are counted (`n_stale`) and skipped
+    when sampling. Images are stored as uint8.
     """
 
     def __init__(self, capacity, num_envs, length, spec, args, seed):
@@ -1049,37 +1055,23 @@ class SequenceReplay:
         self.count = np.zeros(num_envs, np.int64)  # steps written per env
         self.key_env = np.zeros(num_envs * self.cap, np.int64)  # ring of complete keys, oldest at key_head
         self.key_start = np.zeros(num_envs * self.cap, np.int64)
-        self.key_head, self.key_n, self._valid_cache = 0, 0, None
+        self.key_head, self.key_n, self.n_stale, self._valid_cache = 0, 0, 0, None
         self.sampler, self.tau, self.max_len = args.replay, args.replay_temperature, args.etbs_max_len
         self.rng = np.random.default_rng(seed)
 
-    def __len__(self):  # number of keys N
-        return self.key_n if self.count.min() == self.count.max() else len(self._valid())
+    def __len__(self):  # number of valid keys N
+        return self.key_n - self.n_stale
 
     def _valid(self):
-        """Ring positions of the keys whose steps are all still stored, oldest first. With lockstep writes only the
-        oldest keys get overwritten, and `_drop_overwritten` has removed them; with uneven envs an env that wrote more
-        also overwrote keys behind the oldest key of a slower env. O(N), cached until the next write."""
+        """Ring positions of the valid keys, oldest first: O(N), cached until the next write."""
         if self._valid_cache is None:
             ring = (self.key_head + np.arange(self.key_n)) % len(self.key_env)
             self._valid_cache = ring[self.key_start[ring] >= self.count[self.key_env[ring]] - self.cap]
         return self._valid_cache
 
-    def _push_key(self, env, start):
-        if self.key_n == len(self.key_env):  # full of overwritten keys (uneven envs): keep only the stored ones
-            self._valid_cache = None
-            keep = self._valid()
-            self.key_env[: len(keep)], self.key_start[: len(keep)] = self.key_env[keep], self.key_start[keep]
-            self.key_head, self.key_n = 0, len(keep)
-        i = (self.key_head + self.key_n) % len(self.key_env)
-        self.key_env[i], self.key_start[i] = env, start
-        self.key_n += 1
-        self._valid_cache = None
-
-    def _drop_overwritten(self):  # keys whose first step was overwritten leave from the old end
-        self._valid_cache = None
-        while self.key_n and self.key_start[self.key_head] < self.count[self.key_env[self.key_head]] - self.cap:
-            self.key_head, self.key_n = (self.key_head + 1) % len(self.key_env), self.key_n - 1
+    def _set_keys(self, env, start):  # replace the ring by these keys (oldest first), all valid
+        self.key_env[: len(env)], self.key_start[: len(env)] = env, start
+        self.key_head, self.key_n, self.n_stale, self._valid_cache = 0, len(env), 0, None
 
     def add(self, record):
         mask = record.get("env_mask")
@@ -1091,20 +1083,28 @@ class SequenceReplay:
                 self.data[k][envs, pos] = v[envs]
         self.count[envs] += 1
         self._valid_cache = None
-        for e in envs:
+        self.n_stale += int(np.sum(self.count[envs] > self.cap))  # each such write overwrote a key's first step
+        if self.key_n + len(envs) > len(self.key_env):  # ring full of stale keys (uneven envs): keep the valid ones
+            keep = self._valid()
+            self._set_keys(self.key_env[keep], self.key_start[keep])
+        for e in envs:  # the keys that end at the step just written
             if self.count[e] >= self.T:
-                self._push_key(e, self.count[e] - self.T)
-        self._drop_overwritten()
+                i = (self.key_head + self.key_n) % len(self.key_env)
+                self.key_env[i], self.key_start[i] = e, self.count[e] - self.T
+                self.key_n += 1
+        while self.key_n and self.key_start[self.key_head] < self.count[self.key_env[self.key_head]] - self.cap:
+            self.key_head, self.key_n, self.n_stale = (self.key_head + 1) % len(self.key_env), self.key_n - 1, self.n_stale - 1
+        self._valid_cache = None
 
     def sample(self, batch_size):
-        valid = None if self.count.min() == self.count.max() else self._valid()  # None: lockstep, no gaps
-        n = self.key_n if valid is None else len(valid)
+        n = len(self)
         u = self.rng.random(batch_size)
         if self.sampler == "etbs":
             idx = etbs_index(u, n, n if self.max_len == "current" else self.capacity, self.tau)
         else:
             idx = np.minimum((u * n).astype(np.int64), n - 1)
-        ring = (self.key_head + idx) % len(self.key_env) if valid is None else valid[idx]  # the idx-th oldest key
+        # the idx-th oldest valid key: direct when no stale key sits inside the ring, else through the valid list
+        ring = (self.key_head + idx) % len(self.key_env) if self.n_stale == 0 else self._valid()[idx]
         env, start = self.key_env[ring], self.key_start[ring]
         steps = (start[:, None] + np.arange(self.T)) % self.cap  # (B, T)
         batch = {k: v[env[:, None], steps] for k, v in self.data.items()}
@@ -1126,15 +1126,12 @@ class SequenceReplay:
         self.rng.bit_generator.state = state["rng"]
         for k, v in state["data"].items():
             self.data[k][:, : v.shape[1]] = v
-        self.key_head, self.key_n, self._valid_cache = 0, 0, None
         if "keys" in state:
-            for e, start in np.asarray(state["keys"]).T:
-                self._push_key(int(e), int(start))
+            self._set_keys(*np.asarray(state["keys"], np.int64))
         else:  # files before per-env positions: lockstep, keys in the order (start, env)
             c = int(self.count[0])
-            for start in range(max(0, c - self.cap), c - self.T + 1):
-                for e in range(self.E):
-                    self._push_key(e, start)
+            starts = np.arange(max(0, c - self.cap), max(0, c - self.T + 1))
+            self._set_keys(np.tile(np.arange(self.E), len(starts)), np.repeat(starts, self.E))
 
 
 def replay_spec(level, obs_space):
@@ -1457,8 +1454,9 @@ def main(args):
         random.setstate(resume["rng"]["python"])
         np.random.set_state(resume["rng"]["numpy"])
         torch.set_rng_state(resume["rng"]["torch"])
-        if torch.cuda.is_available() and resume["rng"].get("cuda"):  # files before "cuda", or written on a CPU: skip
-            torch.cuda.set_rng_state_all(resume["rng"]["cuda"])
+        cuda_rng = resume["rng"].get("cuda") or []  # files before "cuda", or written on a CPU: none
+        if torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_rng)
         print(f"resumed from {args.resume} at global_step={global_step}, updates={n_updates}")
 
     def training_state():

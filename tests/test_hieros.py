@@ -601,6 +601,16 @@ def test_replay_keys_lockstep_and_per_env():
     for e in range(E):
         mine = o[o[:, 0, 1] == e]
         assert len(mine) and (np.diff(mine[:, :, 0], axis=1) == e + 1).all() and mine[:, 0, 0].min() >= 600 - 10 * (e + 1)
+    # random masks, and counts that become equal again after uneven writes: never an overwritten or broken sequence
+    rng = np.random.default_rng(0)
+    rep4 = h.SequenceReplay(capacity=20, num_envs=2, length=4, spec=spec, args=args, seed=0)
+    masks = [[False, True]] * 4 + [[True, False]] * 14 + [[False, True]] * 10 + [rng.random(2) < 0.5 for _ in range(300)]
+    for t, mask in enumerate(masks):
+        rep4.add({"obs": np.array([[t, 0], [t, 1]], np.float32), "is_first": np.zeros(2, bool), "env_mask": np.array(mask)})
+        assert len(rep4) == sum(max(0, min(c, 10) - T + 1) for c in rep4.count)
+        if len(rep4):
+            o = rep4.sample(64)["obs"]
+            assert (np.diff(o[:, :, 0], axis=1) > 0).all() and (o[:, :, 1] == o[:, :1, 1]).all()
     rep2 = h.SequenceReplay(capacity=30, num_envs=E, length=T, spec=spec, args=args, seed=1)
     rep2.load_state_dict(rep.state_dict())
     b1, b2 = rep.sample(8), rep2.sample(8)
