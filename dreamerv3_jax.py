@@ -1379,8 +1379,6 @@ def main(args: Args):
         if args.checkpoint_every and global_step % args.checkpoint_every < args.num_envs:
             print(f"checkpoint written to {save_checkpoint()}")
 
-    if pending is not None:
-        replay.write_latents(*pending)
     if stop:
         path = save_checkpoint()
         writer.close()

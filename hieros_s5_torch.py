@@ -941,7 +941,7 @@ class HierarchyRunner:
         if first is not None:
             self.t[first] = 0  # an episode start restarts the env's clock: every level decides at its first step
         ends = np.zeros(self.n, bool) if last is None else np.asarray(last, bool)
-        decide = [(self.t % self.every**i == 0) | ends for i in range(nl)]  # (n,) per level, nested: L decides => L-1
+        decide = [level_acts(self.t, i, self.every) | ends for i in range(nl)]  # (n,) per level; L decides => L-1 does
         # host-to-device copies before any kernel of this step is queued (a pageable copy waits for the stream)
         masks = [torch.as_tensor(d, device=self.device) for d in decide]
         rows = [torch.as_tensor(np.flatnonzero(d), device=self.device) for d in decide]  # the deciding envs
@@ -1082,7 +1082,7 @@ class SequenceReplay:
                 v = v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v)
                 self.data[k][envs, pos] = v[envs]
         self.count[envs] += 1
-        self._valid_cache = None
+        self._valid_cache = None  # (the compaction below is the only reader before the ring changes again)
         self.n_stale += int(np.sum(self.count[envs] > self.cap))  # each such write overwrote a key's first step
         if self.key_n + len(envs) > len(self.key_env):  # ring full of stale keys (uneven envs): keep the valid ones
             keep = self._valid()
@@ -1094,7 +1094,6 @@ class SequenceReplay:
                 self.key_n += 1
         while self.key_n and self.key_start[self.key_head] < self.count[self.key_env[self.key_head]] - self.cap:
             self.key_head, self.key_n, self.n_stale = (self.key_head + 1) % len(self.key_env), self.key_n - 1, self.n_stale - 1
-        self._valid_cache = None
 
     def sample(self, batch_size):
         n = len(self)

@@ -1778,8 +1778,6 @@ def main(args: Args):
         if args.checkpoint_every and global_step % args.checkpoint_every < args.num_envs:
             print(f"checkpoint written to {save_checkpoint()}")
 
-    if pending is not None:
-        replay.write_latents(*pending)
     if strip:  # THICK: the last frames of env 0, marked green where the context changed and red where not
         writer.add_image("thick/context_change_strip", change_strip(strip), global_step, dataformats="HWC")
     if stop:
