@@ -1373,9 +1373,10 @@ def main(args: Args):
             if args.env_id.startswith("atari100k_"):
                 writer.add_scalar("charts/FPS", 4 * sps, global_step)
             eta = (args.total_timesteps - global_step) / max(sps_float, 1e-9)
+            eta = f"{int(eta // 3600)}h{int(eta % 3600 // 60):02d}m" if metrics else "-"  # acting alone is far faster
             loss = f"{float(metrics['losses/total']):.3f}" if metrics else "-"  # "-": no update yet (not a NaN)
             print(f"step {global_step}/{args.total_timesteps} | SPS {sps_float:.1f} | updates {updates} | "
-                  f"ETA {int(eta // 3600)}h{int(eta % 3600 // 60):02d}m | loss {loss}")  # fmt: skip
+                  f"ETA {eta} | loss {loss}")  # fmt: skip
         if args.checkpoint_every and global_step % args.checkpoint_every < args.num_envs:
             print(f"checkpoint written to {save_checkpoint()}")
 

@@ -1586,9 +1586,10 @@ def main(args):
             next_progress += args.progress_every
             elapsed = time.time() - start_time
             sps = (global_step - start_step) / max(elapsed, 1e-9)
-            eta = (args.total_timesteps - global_step) / max(sps, 1e-9)
+            eta = (args.total_timesteps - global_step) / max(sps, 1e-9)  # hours can exceed 24; "-" before training starts
+            eta = f"{int(eta // 3600)}h{int(eta % 3600 // 60):02d}m" if n_updates > 0 else "-"
             print(f"step {global_step}/{args.total_timesteps} | SPS {sps:.1f} | updates {n_updates} | episodes {episodes} | "
-                  f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")  # fmt: skip
+                  f"ETA {eta}")  # fmt: skip
         if next_ckpt is not None and global_step >= next_ckpt:
             next_ckpt += args.checkpoint_every
             write_atomic(training_state(), f"runs/{run_name}/checkpoint.pt")

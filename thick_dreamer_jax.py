@@ -1770,10 +1770,11 @@ def main(args: Args):
             if args.env_id.startswith("atari100k_"):
                 writer.add_scalar("charts/FPS", 4 * sps, global_step)
             eta = (args.total_timesteps - global_step) / max(sps_float, 1e-9)
+            eta = f"{int(eta // 3600)}h{int(eta % 3600 // 60):02d}m" if metrics else "-"  # acting alone is far faster
             loss = f"{float(metrics['losses/total']):.3f}" if metrics else "-"  # "-": no update yet (not a NaN)
             change = f"{float(metrics['thick/change_rate']):.3f}" if metrics else "-"  # THICK: training-batch change rate
             print(f"step {global_step}/{args.total_timesteps} | SPS {sps_float:.1f} | updates {updates} | "
-                  f"ETA {int(eta // 3600)}h{int(eta % 3600 // 60):02d}m | loss {loss} | "
+                  f"ETA {eta} | loss {loss} | "
                   f"change rate {change}")  # fmt: skip
         if args.checkpoint_every and global_step % args.checkpoint_every < args.num_envs:
             print(f"checkpoint written to {save_checkpoint()}")

@@ -42,6 +42,7 @@ def main():
     ap.add_argument("--model-size", default="12m")
     ap.add_argument("--rows", type=int, default=15, help="parts to print")
     ap.add_argument("--ops", type=int, default=0, help="also print the N slowest single ops")
+    ap.add_argument("--match", default="", help="only list single ops whose JAX op name matches this regex")
     a = ap.parse_args()
     mod = importlib.import_module(a.script)
     args = mod.Args(env_id="crafter", model_size=a.model_size, batch_size=16, batch_length=64)
@@ -75,7 +76,8 @@ def main():
     print(f"traced op time {sum(seconds.values()):.1f} s; per part:")
     for part, sec in parts.most_common(a.rows):
         print(f"  {sec:7.2f} s  {part}")
-    for name, sec in seconds.most_common(a.ops):
+    listed = [(n, s) for n, s in seconds.most_common() if re.search(a.match, meta[n][1])][: a.ops]
+    for name, sec in listed:
         shape, op = meta[name]
         print(f"  {sec:7.3f} s  {shape.split('{')[0]:28s} {op[-80:]}")
 
