@@ -52,6 +52,13 @@ def windows(data, count, pos, cap, n: int, length: int, rng, first: int = 0, las
     return {k: v[env[:, None], idx] for k, v in data.items()}
 
 
+def newest_windows(checkpoint: str, n: int, length: int, last: int, seed: int) -> dict:
+    """n windows of `length` steps from the newest `last` steps of each env of `<checkpoint>.replay.npz`."""
+    data, count, pos, cap = load_replay(checkpoint + ".replay.npz")
+    held = int(np.minimum(count, cap).min())
+    return windows(data, count, pos, cap, n, length, np.random.default_rng(seed), first=max(0, held - last))
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _predict(mod, agent, samples, zero_start, params, obs, action, first, deter, stoch, k_obs, k_img):
     """The model's side of diagnose() in one compiled program (cached across calls with the same shapes): the reward
@@ -126,10 +133,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     mod, agent, params, args = load_agent(a.checkpoint, scripts=("dreamerv3_jax",))
-    data, count, pos, cap = load_replay(a.checkpoint + ".replay.npz")
-    held = int(np.minimum(count, cap).min())
-    rng = np.random.default_rng(a.seed)
-    batch = windows(data, count, pos, cap, a.windows, args.batch_length + 1, rng, first=max(0, held - a.last))
+    batch = newest_windows(a.checkpoint, a.windows, args.batch_length + 1, a.last, a.seed)
     out = diagnose(mod, agent, params, batch, a.seed, a.samples)
     print(f"{'action':<20}{'n':>6}{'data':>9}{'P(ach)':>9}{'model':>9}{'post':>9}{'model_all':>11}{'policy':>9}"
           f"{'cont_all':>10}{'adv1_all':>10}")

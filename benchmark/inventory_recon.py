@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from imagined_reward import load_replay, windows  # noqa: E402  (benchmark/imagined_reward.py)
+from imagined_reward import newest_windows  # noqa: E402  (benchmark/imagined_reward.py)
 from saved_agent import load_agent  # noqa: E402  (benchmark/saved_agent.py)
 
 WORLD, INVENTORY = slice(0, 49), slice(49, 63)  # pixel rows of Crafter's local view and of its inventory
@@ -54,10 +54,7 @@ def main():
     a = ap.parse_args()
     mod, agent, params, args = load_agent(a.checkpoint)
     thick = mod.__name__ == "thick_dreamer_jax"
-    data, count, pos, cap = load_replay(a.checkpoint + ".replay.npz")
-    held = int(np.minimum(count, cap).min())
-    batch = windows(data, count, pos, cap, a.windows, args.batch_length + 1, np.random.default_rng(a.seed),
-                    first=max(0, held - a.last))  # fmt: skip
+    batch = newest_windows(a.checkpoint, a.windows, args.batch_length + 1, a.last, a.seed)
     recons = []
     for i in range(0, a.windows, a.chunk):
         part = {k: jnp.asarray(v[i : i + a.chunk]) for k, v in batch.items()}
