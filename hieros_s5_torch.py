@@ -943,8 +943,8 @@ class HierarchyRunner:
         ends = np.zeros(self.n, bool) if last is None else np.asarray(last, bool)
         decide = [level_acts(self.t, i, self.every) | ends for i in range(nl)]  # (n,) per level; L decides => L-1 does
         # host-to-device copies before any kernel of this step is queued (a pageable copy waits for the stream)
-        masks = [torch.as_tensor(d, device=self.device) for d in decide]
-        rows = [torch.as_tensor(np.flatnonzero(d), device=self.device) for d in decide]  # the deciding envs
+        masks = [torch.as_tensor(d, device=self.device) if d.any() else None for d in decide]  # None: level idle
+        rows = [torch.as_tensor(np.flatnonzero(d), device=self.device) if d.any() else None for d in decide]  # deciding envs
         # an episode start drops what the last episode left unreported and the held subgoal codes (spec 2.6: masked
         # until the level above decides again; level 0's previous action is masked in obs_step as well)
         self.reward_acc = torch.where(is_first[None], torch.zeros_like(self.reward_acc), self.reward_acc)
