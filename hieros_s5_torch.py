@@ -942,9 +942,10 @@ class HierarchyRunner:
             self.t[first] = 0  # an episode start restarts the env's clock: every level decides at its first step
         ends = np.zeros(self.n, bool) if last is None else np.asarray(last, bool)
         decide = [level_acts(self.t, i, self.every) | ends for i in range(nl)]  # (n,) per level; L decides => L-1 does
+        active = [i for i in range(nl) if decide[i].any()]  # a prefix 0..k (the periods nest)
         # host-to-device copies before any kernel of this step is queued (a pageable copy waits for the stream)
-        masks = [torch.as_tensor(d, device=self.device) if d.any() else None for d in decide]  # None: level idle
-        rows = [torch.as_tensor(np.flatnonzero(d), device=self.device) if d.any() else None for d in decide]  # deciding envs
+        masks = {i: torch.as_tensor(decide[i], device=self.device) for i in active}
+        rows = {i: torch.as_tensor(np.flatnonzero(decide[i]), device=self.device) for i in active}  # the deciding envs
         # an episode start drops what the last episode left unreported and the held subgoal codes (spec 2.6: masked
         # until the level above decides again; level 0's previous action is masked in obs_step as well)
         self.reward_acc = torch.where(is_first[None], torch.zeros_like(self.reward_acc), self.reward_acc)
@@ -953,7 +954,6 @@ class HierarchyRunner:
         self.first_pending |= is_first[None]
         for i in range(1, nl):  # an episode start empties the FIFOs of the upper levels
             self.fifo[i] = torch.where(is_first[:, None, None], torch.zeros_like(self.fifo[i]), self.fifo[i])
-        active = [i for i in range(nl) if decide[i].any()]  # a prefix 0..k (the periods nest)
         inputs = [None] * nl
         for i in active:  # bottom-up filtering; the new state is kept only for the envs where level i decides
             lv, m = self.levels[i], masks[i]
