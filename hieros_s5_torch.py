@@ -27,6 +27,7 @@
 #   AdamW weight decay: 0 by default (the original inherited torch's 0.01 implicitly); --weight-decay 0.01.
 #   time limits: `truncated` is not terminal (common/ gives is_terminal = terminated only).
 #   one-step lag of the latent handed up a level: removed (levels filter bottom-up, then decide top-down).
+import collections
 import copy
 import math
 import os
@@ -758,6 +759,18 @@ def lambda_return(reward, cont, value, lmbda):
     return torch.stack(out[::-1])  # (K, N)
 
 
+def imagination_weight(disc, gamma, original_indexing=False):
+    """Loss weight of imagined step k = (discounted) probability that s_k is reached and not terminal.  disc (K+1, N) =
+    gamma * c(s_k) for k = 0..K, where c(s_0) is the start state's own continue probability. Returns (K, N).
+
+    DreamerV3 (default):  w_k = prod_{j<=k} disc_j / gamma = gamma^k prod_{j<=k} c_j   (a terminal start weighs 0)
+    original (NM512):     w_k = prod_{j<k} disc_j                                      (w_0 = 1 for every start)
+    """
+    if original_indexing:
+        return torch.cumprod(torch.cat([torch.ones_like(disc[:1]), disc[:-2]]), 0)
+    return torch.cumprod(disc[:-1], 0) / gamma
+
+
 # ======================================================================================================================
 # 6. Subgoals: the autoencoder, max-cosine subgoal reward, novelty reward (spec 2.3-2.5)
 # ======================================================================================================================
@@ -928,8 +941,9 @@ class HierarchyRunner:
         self.fifo = [None] + [torch.zeros(n, self.fifo_len, lv.wm.Z + lv.wm.D, device=dev) for lv in self.levels[:-1]]
         self.reward_acc = torch.zeros(len(self.levels), n, device=dev)
         self.first_pending = torch.ones(len(self.levels), n, dtype=torch.bool, device=dev)
-        self.emitted = [[] for _ in self.levels]  # codes emitted by levels >= 1 (usage statistics)
-        self.achieved = [[] for _ in self.levels]  # subgoal reward achieved at decision steps (levels with a goal)
+        # usage statistics between two log lines, capped (no log line comes before the first update)
+        self.emitted = [collections.deque(maxlen=4096) for _ in self.levels]  # codes emitted by levels >= 1
+        self.achieved = [collections.deque(maxlen=4096) for _ in self.levels]  # subgoal reward achieved at decisions
 
     @torch.no_grad()
     def step(self, obs, reward, is_first, is_terminal, first=None, last=None):
@@ -1227,7 +1241,7 @@ def train_level(level, opts, sched, batch, args, loss_fn, autocast):
     disc = args.gamma * cont  # (K+1, N)
     # DreamerV3 indexing: the step s_k -> s_{k+1} earns r(s_{k+1}) and continues with c(s_{k+1}); the original: s_k
     sl = slice(None, -1) if args.original_return_indexing else slice(1, None)
-    weight = torch.cumprod(torch.cat([torch.ones_like(disc[:1]), disc[sl][:-1]]), 0).detach()  # (K, N)
+    weight = imagination_weight(disc, args.gamma, args.original_return_indexing).detach()  # (K, N)
     # --- critics (one per head) and advantages ---
     adv_mix, critic_loss = 0.0, 0.0
     with autocast():
@@ -1368,7 +1382,12 @@ def validate(args):
 
 
 def to_batch(np_batch, device):
-    return {k: torch.as_tensor(v, device=device) for k, v in np_batch.items()}
+    """numpy batch -> tensors on `device`. On CUDA through pinned memory with non_blocking=True: a copy from ordinary
+    (pageable) memory first waits for every queued kernel, i.e. for the previous update, a host sync per update."""
+    if device.type != "cuda":
+        return {k: torch.as_tensor(v, device=device) for k, v in np_batch.items()}
+    pinned = {k: torch.from_numpy(np.ascontiguousarray(v)).pin_memory() for k, v in np_batch.items()}
+    return {k: v.to(device, non_blocking=True) for k, v in pinned.items()}
 
 
 def code_usage(codes):
@@ -1561,16 +1580,16 @@ def main(args):
                     group = "hieros" if k.startswith(("imag_", "return_scale", "value_")) else "losses"
                     writer.add_scalar(f"{group}/{k}_L{i}", float(v.detach()) if torch.is_tensor(v) else v, global_step)
                 if runner.emitted[i]:
-                    ent, distinct, slots = code_usage(runner.emitted[i])
+                    ent, distinct, slots = code_usage(list(runner.emitted[i]))
                     writer.add_scalar(f"subgoal/code_entropy_L{i}", ent, global_step)
                     writer.add_scalar(f"subgoal/distinct_codes_L{i}", distinct, global_step)
                     writer.add_histogram(f"subgoal/code_slots_L{i}", slots.flatten().cpu(), global_step, bins=64)
-                    runner.emitted[i] = []
+                    runner.emitted[i].clear()
                 if runner.achieved[i]:
                     writer.add_scalar(
-                        f"subgoal/achieved_reward_L{i}", torch.stack(runner.achieved[i]).mean().item(), global_step
+                        f"subgoal/achieved_reward_L{i}", torch.stack(list(runner.achieved[i])).mean().item(), global_step
                     )
-                    runner.achieved[i] = []
+                    runner.achieved[i].clear()
             sps = int((global_step - start_step) / (time.time() - start_time))
             writer.add_scalar("charts/SPS", sps, global_step)
             writer.add_scalar("charts/updates", n_updates, global_step)

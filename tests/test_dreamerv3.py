@@ -71,6 +71,26 @@ def test_twohot_zero_logits():
     assert math.log(255) == pytest.approx(5.5412635, abs=1e-6)
 
 
+def test_twohot_index_equals_search():
+    """twohot_index computes the bin from symlog(x); it must equal the searched definition (last bin <= x) everywhere:
+    at every bin, at its float neighbours, beyond the ends and over many scales; the sparse loss equals the dense CE."""
+    b = D.twohot_bins()
+    x = np.concatenate([b, np.nextafter(b, np.inf), np.nextafter(b, -np.inf), [0.0, -0.0, 1e30, -1e30, 5e8, -5e8],
+                        *(np.random.default_rng(0).normal(size=20000) * s for s in (1e-3, 1.0, 1e2, 1e5, 1e8))])
+    x = x.astype(np.float32)
+    x = x[(x == 0) | (np.abs(x) >= np.finfo(np.float32).tiny)]  # XLA on CPU flushes subnormals (the neighbours of 0) to 0
+    last_le = np.sum(b[None, :] <= x[:, None], -1) - 1  # searched: index of the last bin <= x (-1: none)
+    below, above, w_below, w_above = (np.asarray(a) for a in D.twohot_index(jnp.asarray(x), b))
+    np.testing.assert_array_equal(below, np.clip(last_le, 0, 254))
+    np.testing.assert_array_equal(above, np.clip(last_le + 1, 0, 254))
+    inside = (x >= b[0]) & (x <= b[-1])  # interpolation reproduces x inside the bin range
+    np.testing.assert_allclose((w_below * b[below] + w_above * b[above])[inside], x[inside], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(w_below + w_above, 1.0, atol=1e-6)
+    logits = jax.random.normal(jax.random.PRNGKey(0), (x.shape[0], 255))
+    dense = -jnp.sum(D.twohot_encode(jnp.asarray(x), b) * jax.nn.log_softmax(logits, -1), -1)
+    np.testing.assert_allclose(D.twohot_loss(logits, jnp.asarray(x), b), dense, rtol=1e-6, atol=1e-6)
+
+
 def test_twohot_mean_recovers_encoded_value():
     b = D.twohot_bins()
     for x in [0.3, -2.5, 17.0, 1234.5]:

@@ -328,6 +328,15 @@ def test_lambda_return_against_closed_form():
     torch.testing.assert_close(h.lambda_return(r, c, v, 0.0), r + c * v[1:])  # lambda = 0: one-step TD
 
 
+def test_imagination_weight_values():
+    gamma = 0.5
+    c = torch.tensor([[1.0, 0.0], [0.8, 1.0], [0.5, 1.0], [1.0, 1.0]])  # (K+1=4, N=2): column 1 starts on a terminal state
+    w = h.imagination_weight(gamma * c, gamma)  # w_k = gamma^k prod_{j<=k} c_j
+    torch.testing.assert_close(w, torch.tensor([[1.0, 0.0], [0.4, 0.0], [0.1, 0.0]]))
+    w = h.imagination_weight(gamma * c, gamma, original_indexing=True)  # w_k = prod_{j<k} gamma c_j
+    torch.testing.assert_close(w, torch.tensor([[1.0, 1.0], [0.5, 0.0], [0.2, 0.0]]))
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Hierarchy (spec 7.12-7.16)
 # ----------------------------------------------------------------------------------------------------------------------

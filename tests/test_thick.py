@@ -1,6 +1,7 @@
 """Tests of thick_dreamer_jax.py: the properties of shared/specs/thick.md section 9 (values, not only shapes), plus
 subprocess smoke runs (CartPole-v1 and Crafter, debug preset) with save -> evaluate and checkpoint -> resume."""
 
+import inspect
 import os
 import re
 import signal
@@ -14,6 +15,7 @@ import numpy as np
 import optax
 import pytest
 
+import dreamerv3_jax as base
 import thick_dreamer_jax as td
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,6 +25,19 @@ F32 = jnp.float32
 # ---------------------------------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+SHARED_HELPERS = ["symlog", "symexp", "twohot_bins", "twohot_index", "twohot_encode", "twohot_mean", "twohot_loss",
+                  "unimix_logits", "sample_onehot", "categorical_kl", "categorical_entropy", "lambda_return",
+                  "percentile_update", "conv_im2col", "conv5x5_maxpool", "upsample_conv5x5", "actor_dist", "agc_clip",
+                  "laprop", "learning_rate_at", "updates_due"]  # fmt: skip
+
+
+def test_shared_helpers_are_the_base_copies():
+    """THICK copies the base's numeric helpers unchanged (fork-and-modify); identical source means tests/test_dreamerv3.py's
+    value tests cover these copies too, and a fix made in one file but not the other fails here."""
+    changed = [n for n in SHARED_HELPERS if inspect.getsource(getattr(td, n)) != inspect.getsource(getattr(base, n))]
+    assert not changed, f"helpers that differ from dreamerv3_jax.py: {changed}"
 
 
 def make_agent(**kw):
