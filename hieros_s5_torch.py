@@ -36,7 +36,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, fields
-from typing import Literal, Optional
+from typing import Optional
 
 import gymnasium as gym
 import numpy as np
@@ -86,7 +86,7 @@ class Args:
     """total env (policy) steps, summed over envs (Atari100k: 100k steps = 400k frames)"""
     num_envs: int = 1
     """the number of parallel environments"""
-    model_size: Literal["debug", "small", "paper"] = "paper"
+    model_size: str = "paper"
     """size preset: debug (tiny, tests/CI), small (CartPole-scale), paper (the Atari100k config of the paper)"""
     train_ratio: float = 1024.0
     """replayed steps per policy step at level 0 (1024 with 16x64 = one level-0 update per env step)"""
@@ -180,12 +180,12 @@ class Args:
     subgoal_kl_scale: float = 0.5
     """scale of KL(code || uniform) in the subgoal autoencoder loss"""
     # replay
-    replay: Literal["etbs", "uniform"] = "etbs"
-    """replay sampler: efficient time-balanced sampling or uniform"""
+    replay: str = "etbs"
+    """replay sampler: etbs (efficient time-balanced sampling) or uniform"""
     replay_temperature: float = 0.3
     """ETBS temperature tau (0 = uniform, 1 = pure ETBS)"""
-    etbs_max_len: Literal["current", "capacity"] = "current"
-    """ETBS scale M: current replay size (fixed) or the capacity (the original's wiring)"""
+    etbs_max_len: str = "current"
+    """ETBS scale M: current (the replay size; fixed) or capacity (the original's wiring)"""
     buffer_size: int = 1_000_000
     """replay capacity per level, in steps (summed over envs)"""
     # speed
@@ -1341,7 +1341,9 @@ def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model=None, 
     try:
         agent.load_state_dict(ckpt["agent"])
     except RuntimeError as e:
-        raise UsageError(f"model {model_path} does not fit env {env_id}: {str(e).splitlines()[0]}") from None
+        if saved.env_id != env_id:
+            raise UsageError(f"{model_path} was trained on --env-id {saved.env_id}, not {env_id}") from None
+        raise UsageError(f"model {model_path} does not fit env {env_id}: {' '.join(str(e).split())[:300]}") from None
     agent.eval()
     runner = HierarchyRunner(agent, 1, saved, device, greedy=greedy)
     obs, _ = envs.reset(seed=seed)
@@ -1356,17 +1358,21 @@ def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model=None, 
         ret += float(reward[0])
         if is_last[0]:
             returns.append(ret)
-            print(f"eval_episode={len(returns) - 1}, episodic_return={ret}")
+            print(f"eval_episode={len(returns) - 1}, episodic_return={ret:.6g}")
             ret = 0.0
     envs.close()
     return returns
 
 
 def validate(args):
+    choices = {"model_size": SIZES, "replay": ("etbs", "uniform"), "etbs_max_len": ("current", "capacity")}
+    for name, allowed in choices.items():  # plain str flags (not Literal), so that a bad value is a one-line error too
+        if getattr(args, name) not in allowed:
+            raise UsageError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got '{getattr(args, name)}'")
     checks = [(args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}"),
               (args.batch_length >= 1, f"--batch-length must be >= 1, got {args.batch_length}"),
               (args.num_envs >= 1, f"--num-envs must be >= 1, got {args.num_envs}"),
-              (args.total_timesteps >= 0, f"--total-timesteps must be >= 0, got {args.total_timesteps}"),
+              (args.total_timesteps >= 1, f"--total-timesteps must be >= 1, got {args.total_timesteps}"),
               (args.max_hierarchy >= 1, f"--max-hierarchy must be >= 1, got {args.max_hierarchy}"),
               (args.subactor_update_every >= 1, f"--subactor-update-every must be >= 1, got {args.subactor_update_every}"),
               (args.subactor_train_every >= 1, f"--subactor-train-every must be >= 1, got {args.subactor_train_every}"),
@@ -1375,7 +1381,8 @@ def validate(args):
               (args.train_ratio >= 0, f"--train-ratio must be >= 0, got {args.train_ratio}"),
               (0.0 <= args.replay_temperature <= 1.0, f"--replay-temperature must be in [0, 1]: {args.replay_temperature}"),
               (args.buffer_size >= args.batch_length, "--buffer-size must be >= --batch-length"),
-              (args.eval_episodes >= 0, "--eval-episodes must be >= 0")]  # fmt: skip
+              (args.eval_episodes >= 0, "--eval-episodes must be >= 0 (0: no evaluation after --save-model)"),
+              (args.eval_episodes >= 1 or not args.evaluate, "--evaluate needs --eval-episodes >= 1")]  # fmt: skip
     for ok, msg in checks:
         if not ok:
             raise UsageError(msg)
@@ -1422,6 +1429,9 @@ def main(args):
         diff = config_mismatch(resume["args"], {**vars(args), "learning_starts": args.learning_starts})
         if diff:
             raise UsageError(f"config mismatch with checkpoint {args.resume}: " + "; ".join(diff))
+        if resume["global_step"] >= args.total_timesteps:
+            raise UsageError(f"{args.resume} is at global_step={resume['global_step']}: pass a larger --total-timesteps "
+                             f"than {args.total_timesteps} to continue")  # fmt: skip
     run_name = resume["run_name"] if resume else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     envs = make_vector_env(args.env_id, args.num_envs, args.seed, args.capture_video, run_name)  # EnvIdError -> exit 2
     if args.track:
@@ -1626,6 +1636,7 @@ def main(args):
         model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
         write_atomic({"kind": "model", "args": vars(args), "agent": agent.state_dict()}, model_path)
         print(f"model saved to {model_path}")
+    if args.save_model and args.eval_episodes > 0:
         episodic_returns = evaluate(model_path, make_env, args.env_id, args.eval_episodes, f"{run_name}-eval", device=device,
                                     capture_video=args.capture_video, seed=args.seed)  # fmt: skip
         for idx, episodic_return in enumerate(episodic_returns):

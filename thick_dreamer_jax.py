@@ -251,6 +251,8 @@ def check_args(args: Args) -> Args:
             raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {lr}")
     if not args.reward_scale >= 0:
         raise UsageError(f"--reward-scale must be >= 0, got {args.reward_scale}")
+    if args.eval_episodes < 0 or (args.evaluate and args.eval_episodes < 1):
+        raise UsageError("--eval-episodes must be >= 1 with --evaluate, >= 0 otherwise (0: no evaluation after --save-model)")
     if args.replay_context not in (0, 1):
         raise UsageError("--replay-context must be 0 or 1")
     if not 0 <= args.lam <= 1 or not 0 <= args.actor_unimix < 1 or not 0 <= args.latent_unimix < 1:
@@ -1564,7 +1566,13 @@ def evaluate(model_path: str, make_env, env_id: str, eval_episodes: int, run_nam
     envs = gym.vector.SyncVectorEnv([make_env(env_id, seed, 0, capture_video, run_name)])
     agent = (Model or Agent)(args, envs.single_observation_space, envs.single_action_space)
     template = agent.init(jax.random.PRNGKey(0)).params
-    params = restore_tree(template, saved["params"] if "params" in saved else saved["state"]["params"], model_path, "params")
+    saved_params = saved["params"] if "params" in saved else saved["state"]["params"]
+    try:
+        params = restore_tree(template, saved_params, model_path, "params")
+    except UsageError:
+        if args.env_id == env_id:
+            raise
+        raise UsageError(f"{model_path} was trained on --env-id {args.env_id}, not {env_id}") from None
     noise = float(args.eval_gate_noise if gate_noise is None else gate_noise)
     episodes = run_episodes(agent, params, envs, eval_episodes, seed, noise)
     envs.close()
@@ -1614,6 +1622,9 @@ def main(args: Args):
         diff = config_diff(saved["args"], args)
         if diff:
             raise UsageError(f"{args.resume} was written with another config: {', '.join(diff)}")
+        if int(saved["global_step"]) >= args.total_timesteps:
+            raise UsageError(f"{args.resume} is at global_step={int(saved['global_step'])}: pass a larger --total-timesteps "
+                             f"than {args.total_timesteps} to continue")  # fmt: skip
     run_name = saved["run_name"] if saved else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     if args.track:
         import wandb
@@ -1651,10 +1662,16 @@ def main(args: Args):
         global_step, key = int(saved["global_step"]), jnp.asarray(saved["key"], jnp.uint32)
         sched_prev = None if saved["sched_prev"] < 0 else float(saved["sched_prev"])
         episodes_ach = json.loads(saved["episodes_ach"])
-        if os.path.isfile(args.resume + ".replay.npz"):
-            with np.load(args.resume + ".replay.npz") as f:
-                replay.load_state_dict({"data": {k[5:]: f[k] for k in f.files if k.startswith("data_")},
-                                        **{k: f[k] for k in f.files if not k.startswith("data_")}})  # fmt: skip
+        replay_path, empty_ok = args.resume + ".replay.npz", " (--no-checkpoint-replay resumes with an empty replay)"
+        if os.path.isfile(replay_path):
+            try:
+                with np.load(replay_path) as f:
+                    replay.load_state_dict({"data": {k[5:]: f[k] for k in f.files if k.startswith("data_")},
+                                            **{k: f[k] for k in f.files if not k.startswith("data_")}})  # fmt: skip
+            except Exception:
+                raise UsageError(f"cannot read {replay_path}: corrupt replay file; delete it{empty_ok}") from None
+        elif saved["args"].get("checkpoint_replay", True) and args.checkpoint_replay:
+            raise UsageError(f"{replay_path} not found (the checkpoint was written with its replay){empty_ok}")
         print(f"resumed from {args.resume} at global_step={global_step}, updates={int(state.updates)}, replay={len(replay)}")
     ckpt_path = f"runs/{run_name}/checkpoint.ckpt"
 
@@ -1807,6 +1824,7 @@ def main(args: Args):
         model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
         save_file(model_path, args, {"params": flax.serialization.to_state_dict(state.params)})
         print(f"model saved to {model_path}")
+    if args.save_model and args.eval_episodes > 0:
         returns = evaluate(model_path, common.make_env, args.env_id, args.eval_episodes, f"{run_name}-eval",
                            capture_video=args.capture_video, seed=args.seed)  # fmt: skip
         for idx, episodic_return in enumerate(returns):

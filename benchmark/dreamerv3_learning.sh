@@ -24,6 +24,7 @@
 #   bash benchmark/dreamerv3_learning.sh plot_1m_b8      # those two
 # Flags after the mode are passed on to the script and override the ones here (the last occurrence wins), e.g.
 #   LR=1e-4 bash benchmark/dreamerv3_learning.sh crafter_r32 --seed 2 --checkpoint-replay
+case "${1:-}" in -h | --help) sed -n "2,/^set /{/^#/p}" "$0"; exit 0 ;; esac  # --help: the comments above
 set -euo pipefail
 MODE=${1:-cartpole}
 shift || true

@@ -7,7 +7,7 @@ Printed per group: percentiles and the fraction below 1e-5, which tells what an 
 damp (the step is g / (rms + eps), so parameters whose rms is far below eps move at a fraction of the learning rate).
 """
 
-import sys
+import argparse
 
 import flax
 import numpy as np
@@ -27,4 +27,6 @@ def main(path: str):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", help="a checkpoint.ckpt of dreamerv3_jax.py or thick_dreamer_jax.py")
+    main(ap.parse_args().checkpoint)

@@ -5,6 +5,7 @@
 # 32 (one update per 4 env steps) and 8 envs (acting 8 envs costs about as much as 1) fits, so the rates are raised.
 # Everything else is the paper configuration (entropy 3e-4, ETBS tau 0.3, weights 1.0/0.3/0.1, 4^L schedule).
 # Curves: .venv/bin/python benchmark/hieros_plot.py (reads runs/CartPole-v1__hieros_cartpole_L*).
+case "${1:-}" in -h | --help) sed -n "2,/^set /{/^#/p}" "$0"; exit 0 ;; esac  # --help: the comments above
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${STEPS:-12000}

@@ -6,6 +6,7 @@
 #   STEPS=200000 EXP=hieros_crafter_L3_long bash benchmark/hieros_crafter.sh   # the longer run (stopped for time)
 # Flags after the command line are passed on (the last occurrence wins), e.g. --resume runs/<run>/checkpoint.pt.
 # Curves: .venv/bin/python benchmark/hieros_plot.py --runs "runs/crafter__${EXP}__*" --name crafter
+case "${1:-}" in -h | --help) sed -n "2,/^set /{/^#/p}" "$0"; exit 0 ;; esac  # --help: the comments above
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${STEPS:-3000}

@@ -5,6 +5,7 @@ H = 256, P = 128 (the paper's world-model pass), with 5 % random resets. Checks 
     .venv/bin/python benchmark/hieros_scan.py            # appends to benchmark/results/hieros_scan.json
 """
 
+import argparse
 import json
 import os
 import sys
@@ -70,4 +71,5 @@ def main():
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     main()

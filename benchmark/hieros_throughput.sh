@@ -2,6 +2,7 @@
 # Throughput of hieros_s5_torch.py (random data, CPU, 1 thread): one configuration per process, results appended as
 # JSON lines to benchmark/results/hieros_throughput.jsonl, with wall and CPU seconds and the 1-minute load average
 # (this machine was shared and overloaded when these were measured, see docs/hieros.md).
+case "${1:-}" in -h | --help) sed -n "2,/^set /{/^#/p}" "$0"; exit 0 ;; esac  # --help: the comments above
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B="benchmark/hieros_throughput.py"

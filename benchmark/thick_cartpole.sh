@@ -6,6 +6,7 @@
 #   SEEDS="1 2" bash benchmark/thick_cartpole.sh       # more seeds, one after the other
 #   SEEDS=2 taskset -c 1 bash benchmark/thick_cartpole.sh   # one seed per core, side by side
 # Flags after the script name are passed on (the last occurrence wins), e.g. --total-timesteps 20000.
+case "${1:-}" in -h | --help) sed -n "2,/^set /{/^#/p}" "$0"; exit 0 ;; esac  # --help: the comments above
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEEDS="${SEEDS:-1}"

@@ -9,6 +9,7 @@
 #   BETA=100 bash benchmark/thick_crafter.sh plot   # THICK (that β) against the DreamerV3 runs with the same flags
 #   BETA=100 bash benchmark/thick_crafter.sh debug --model-size 1m --exp-name thick_crafter_1m_b8_beta100  # twin of
 #     dreamerv3_learning.sh crafter_debug --model-size 1m (windows: benchmark/crafter_window.py ... --window 8000)
+case "${1:-}" in -h | --help) sed -n "2,/^set /{/^#/p}" "$0"; exit 0 ;; esac  # --help: the comments above
 set -euo pipefail
 BETA=${BETA:-100}
 if [ "${1:-}" = plot ]; then

@@ -8,6 +8,7 @@
 #   JEMALLOC=1 bash benchmark/thick_update_time.sh               # under jemalloc (apt install libjemalloc2), which keeps
 #                                                                # freed pages: no page faults per update
 #                                                                # (docs/dreamerv3.md, "Speed: details")
+case "${1:-}" in -h | --help) sed -n "2,/^set /{/^#/p}" "$0"; exit 0 ;; esac  # --help: the comments above
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE="${SIZE:-12m}"; BATCH="${BATCH:-16}"; LENGTH="${LENGTH:-64}"; UPDATES="${UPDATES:-3}"; REPEATS="${REPEATS:-1}"

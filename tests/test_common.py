@@ -2,6 +2,7 @@
 
 import math
 import os
+import subprocess
 import sys
 
 import gymnasium as gym
@@ -312,3 +313,15 @@ def test_drop_overwritten_keeps_the_resumed_points():
     kept_x, kept_y = drop_overwritten(x, 10 * x)
     assert kept_x.tolist() == [1, 5, 6, 8, 13] and kept_y.tolist() == [10, 50, 60, 80, 130]
     assert drop_overwritten(np.array([1, 2, 2, 3]), np.arange(4))[0].tolist() == [1, 2, 2, 3]  # no resume: unchanged
+
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmark")
+MODULES = {"random_batch.py", "saved_agent.py"}  # imported by other benchmark scripts, not run
+
+
+@pytest.mark.parametrize("script", sorted(f for f in os.listdir(BENCH) if f.endswith((".py", ".sh")) and f not in MODULES))
+def test_benchmark_scripts_answer_help(script):
+    """Every benchmark script prints its usage on --help and exits 0, without starting a measurement."""
+    cmd = [sys.executable if script.endswith(".py") else "bash", os.path.join(BENCH, script), "--help"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip(), out.stderr[-2000:]

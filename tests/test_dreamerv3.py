@@ -424,6 +424,8 @@ def test_smoke_cartpole_save_and_evaluate(tmp_path):
     assert events
     out = run(tmp_path, "--evaluate", str(model), "--env-id", "CartPole-v1", "--eval-episodes", "1")
     assert "eval: 1 episodes" in out.stdout
+    out = run(tmp_path, "--evaluate", str(model), "--env-id", "Acrobot-v1", check=False)  # another env: one-line error
+    assert out.returncode == 2 and "trained on --env-id CartPole-v1" in out.stderr
 
 
 @pytest.mark.slow
@@ -443,6 +445,16 @@ def test_smoke_crafter_checkpoint_and_resume(tmp_path):
     # a checkpoint of another config is a one-line error with exit status 2
     bad = run(tmp_path, "--env-id", "crafter", *TINY, "--model-size", "1m", "--resume", str(ckpt), check=False)
     assert bad.returncode == 2 and "model_size" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    bad = run(tmp_path, "--env-id", "crafter", *TINY, "--total-timesteps", "40", "--resume", str(ckpt), check=False)
+    assert bad.returncode == 2 and "larger --total-timesteps" in bad.stderr  # nothing left to train
+    # so is a corrupt replay file, and a missing one unless --no-checkpoint-replay accepts an empty replay
+    replay = Path(str(ckpt) + ".replay.npz")
+    replay.write_bytes(replay.read_bytes()[:1000])
+    bad = run(tmp_path, "--env-id", "crafter", *TINY, "--total-timesteps", "60", "--resume", str(ckpt), check=False)
+    assert bad.returncode == 2 and "corrupt replay" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    replay.unlink()
+    bad = run(tmp_path, "--env-id", "crafter", *TINY, "--total-timesteps", "60", "--resume", str(ckpt), check=False)
+    assert bad.returncode == 2 and "--no-checkpoint-replay" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
 def stop_with_sigterm(cmd, cwd, env):
@@ -496,6 +508,7 @@ def test_evaluate_crafter_reports_score(tmp_path, capsys, monkeypatch):
         (["--env-id", "CartPole-v1", "--batch-length", "0"], "batch-length"),
         (["--env-id", "CartPole-v1", "--model-size", "huge"], "model-size"),
         (["--env-id", "CartPole-v1", "--resume", "/nonexistent/ckpt"], "not found"),
+        (["--env-id", "CartPole-v1", "--evaluate", "m.cleanrl_model", "--eval-episodes", "0"], "--eval-episodes"),
     ],
 )
 def test_bad_input_is_one_line_error(tmp_path, flags, needle):

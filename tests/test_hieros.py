@@ -703,6 +703,9 @@ def test_smoke_cartpole_save_evaluate(tmp_path, levels):
     assert len(returns) == 1 and returns[0] >= 1
     ev = run_script(tmp_path, "--env-id", "CartPole-v1", "--evaluate", str(model), "--eval-episodes", "1")
     assert "mean eval return over 1 episodes" in ev.stdout
+    if levels == 1:  # a model evaluated on another env: one-line error naming the env it was trained on
+        ev = run_script(tmp_path, "--env-id", "Acrobot-v1", "--evaluate", str(model), check=False)
+        assert one_line_error(ev) and "trained on --env-id CartPole-v1" in ev.stderr, ev.stderr
 
 
 @pytest.mark.slow
@@ -765,6 +768,8 @@ def test_sigterm_writes_checkpoint_and_resume_continues(tmp_path):
         (["--env-id", "CartPole-v1", "--batch-length", "0"], "batch-length"),
         (["--env-id", "CartPole-v1", "--resume", "missing.pt"], "not found"),
         (["--env-id", "CartPole-v1", "--evaluate", "corrupt.pt"], "corrupt"),
+        (["--env-id", "CartPole-v1", "--total-timesteps", "0"], "total-timesteps"),
+        (["--env-id", "CartPole-v1", "--model-size", "huge"], "model-size"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, flags, words):

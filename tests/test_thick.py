@@ -543,6 +543,10 @@ def test_smoke_cartpole_save_evaluate_checkpoint_resume(tmp_path):
     r = run_script(tmp_path, "--env-id", "CartPole-v1", *TINY, "--total-timesteps", "160", "--context-dim", "4",
                    "--resume", str(run_dir / "checkpoint.ckpt"))  # fmt: skip
     assert r.returncode == 2 and "context_dim" in r.stderr  # another config: a one-line error
+    (run_dir / "checkpoint.ckpt.replay.npz").write_bytes(b"PK\x03\x04 truncated")  # a corrupt replay: one-line error
+    r = run_script(tmp_path, "--env-id", "CartPole-v1", *TINY, "--total-timesteps", "200",
+                   "--resume", str(run_dir / "checkpoint.ckpt"))  # fmt: skip
+    assert r.returncode == 2 and "corrupt replay" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
