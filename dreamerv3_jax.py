@@ -84,8 +84,8 @@ class Args:
     batch_length: int = 64
     """steps per training sequence (one extra context step is sampled in front)"""
     learning_starts: Optional[int] = None
-    """policy steps collected before the first update (default: batch_size * batch_length + batch_length, i.e. B * T
-    window starts of T + 1 steps)"""
+    """policy steps collected before the first update (default: (batch_size + num_envs) * batch_length, i.e. B * T
+    window starts of T + 1 steps over all envs)"""
     compute_dtype: str = "float32"
     """float32 or bfloat16 (bfloat16 matmuls; norms, distributions and losses stay float32)"""
 
@@ -206,7 +206,8 @@ def check_args(args: Args) -> Args:
     if args.train_ratio <= 0:
         raise UsageError(f"--train-ratio must be > 0, got {args.train_ratio}")
     if args.learning_starts is None:
-        args.learning_starts = args.batch_size * args.batch_length + args.batch_length  # B * T window starts
+        # B * T window starts: an env with S steps holds S - T windows of T + 1 steps, so B * T + N * T steps in all
+        args.learning_starts = (args.batch_size + args.num_envs) * args.batch_length
     capacity = min(args.buffer_size, args.total_timesteps + args.num_envs) // args.num_envs
     if capacity < args.batch_length + 1:
         raise UsageError(f"--buffer-size {args.buffer_size} holds {capacity} steps per env, fewer than --batch-length + 1")
@@ -1218,7 +1219,7 @@ def evaluate(model_path: str, make_env, env_id: str, eval_episodes: int, run_nam
 def to_env_action(agent: Agent, action: np.ndarray):
     """Agent action (one-hot or in [-1, 1]) -> env action (index or rescaled to the Box bounds)."""
     if agent.discrete:
-        return action.argmax(-1)
+        return action.argmax(-1) + int(agent.act_space.start)  # Discrete(n, start) counts from start
     low, high = agent.act_space.low, agent.act_space.high
     action = np.clip(action, -1.0, 1.0)
     if np.all(np.isfinite(low)) and np.all(np.isfinite(high)):
@@ -1317,7 +1318,7 @@ def main(args: Args):
     reward = np.zeros(args.num_envs, np.float32)
     carry = agent.initial_carry(args.num_envs)
     ratio = args.train_ratio / (args.batch_size * args.batch_length)  # updates per policy step
-    metrics, last_log, last_video, pending = {}, global_step, int(state.updates), None
+    metrics, last_log, last_video = {}, global_step, int(state.updates)
 
     # SIGTERM (kill, a cluster's pre-emption) or Ctrl-C: finish the current step, write a checkpoint, stop. A second
     # signal stops at once (then the last periodic checkpoint is the one to resume from).
@@ -1366,22 +1367,19 @@ def main(args: Args):
                 data, env_idx, time_idx = replay.sample(args.batch_size)
                 key, k = jax.random.split(key)
                 state, metrics, latents = agent.train_step(state, data, k)
-                if pending is not None:  # write back the previous update's latents (that update has finished)
-                    replay.write_latents(*pending)
-                pending = (env_idx, time_idx[:, 1:], *latents)
                 if not bool(metrics["finite"]):
                     bad = [k[7:] for k, v in metrics.items() if k.startswith("finite/") and not bool(v)] or ["gradients"]
                     path = save_checkpoint()
                     raise FloatingPointError(f"non-finite loss ({', '.join(bad)}) at update {int(state.updates)}; "
                                              f"the update was skipped and a checkpoint written to {path}")  # fmt: skip
+                # replay context: the refreshed latents go back to replay before the next sample reads them (and before
+                # the next replay.add can overwrite their slots); the finite check above has already waited for them
+                replay.write_latents(env_idx, time_idx[:, 1:], *latents)
                 if agent.image and args.video_every and int(state.updates) - last_video >= args.video_every:
                     key, k = jax.random.split(key)
                     video = np.asarray(agent.openl_video(state.params, data, k))  # (4, T, H, 3W, C)
                     writer.add_video("openl/prediction", video.transpose(0, 1, 4, 2, 3), global_step, fps=10)
                     last_video = int(state.updates)
-            if pending is not None:  # the last update's latents, before the next replay.add can overwrite their slots
-                replay.write_latents(*pending)
-                pending = None
 
         # TRY NOT TO MODIFY: record rewards for plotting purposes
         if global_step - last_log >= args.log_every or global_step >= args.total_timesteps:

@@ -1008,7 +1008,7 @@ class HierarchyRunner:
 def env_action(action, space):
     """Level-0 actor output -> env action (index for Discrete, rescaled from [-1, 1] for Box)."""
     if isinstance(space, gym.spaces.Discrete):
-        return action.argmax(-1).cpu().numpy()
+        return action.argmax(-1).cpu().numpy() + int(space.start)  # Discrete(n, start) counts from start
     a = action.cpu().numpy()
     return (space.low + (a + 1) / 2 * (space.high - space.low)).astype(space.dtype)
 

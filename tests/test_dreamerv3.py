@@ -214,6 +214,7 @@ def test_train_ratio_scheduler():
         assert first == 1 and sum(dues) == pytest.approx(ratio * 99_900, abs=1.0)  # ratio per step, within one update
         assert max(dues) <= math.ceil(ratio) and min(dues) >= math.floor(ratio)  # spread evenly, no bursts
     assert D.check_args(D.Args(env_id="crafter")).learning_starts == 16 * 64 + 64  # 1024 window starts of 65 steps
+    assert D.check_args(D.Args(env_id="CartPole-v1", num_envs=4)).learning_starts == (16 + 4) * 64  # 4 x (320 - 64)
 
 
 def test_per_env_defaults():
@@ -538,3 +539,12 @@ def test_fast_convolutions_equal_plain_forms(cin, cout, size):
     gk_plain = jax.grad(lambda k_: jnp.sum((jax.lax.conv_general_dilated(D.upsample2(x), k_, (1, 1), "SAME",
                         dimension_numbers=("NHWC", "HWIO", "NHWC")) + b) ** 2))(k)  # fmt: skip
     np.testing.assert_allclose(gk_fast, gk_plain, rtol=1e-3, atol=1e-2)
+
+
+def test_to_env_action_discrete_start_and_box_rescale():
+    from types import SimpleNamespace
+
+    agent = SimpleNamespace(discrete=True, act_space=gym.spaces.Discrete(3, start=-1))
+    np.testing.assert_array_equal(D.to_env_action(agent, np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])), [1, -1])
+    agent = SimpleNamespace(discrete=False, act_space=gym.spaces.Box(-2.0, 2.0, (1,), np.float32))
+    np.testing.assert_allclose(D.to_env_action(agent, np.array([[0.5], [-3.0]])), [[1.0], [-2.0]])
