@@ -1636,11 +1636,11 @@ def main(args):
         model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
         write_atomic({"kind": "model", "args": vars(args), "agent": agent.state_dict()}, model_path)
         print(f"model saved to {model_path}")
-    if args.save_model and args.eval_episodes > 0:
-        episodic_returns = evaluate(model_path, make_env, args.env_id, args.eval_episodes, f"{run_name}-eval", device=device,
-                                    capture_video=args.capture_video, seed=args.seed)  # fmt: skip
-        for idx, episodic_return in enumerate(episodic_returns):
-            writer.add_scalar("eval/episodic_return", episodic_return, idx)
+        if args.eval_episodes > 0:
+            episodic_returns = evaluate(model_path, make_env, args.env_id, args.eval_episodes, f"{run_name}-eval",
+                                        device=device, capture_video=args.capture_video, seed=args.seed)  # fmt: skip
+            for idx, episodic_return in enumerate(episodic_returns):
+                writer.add_scalar("eval/episodic_return", episodic_return, idx)
     envs.close()
     writer.close()
 

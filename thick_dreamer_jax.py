@@ -295,27 +295,19 @@ def bins():
     return jnp.asarray(BINS)
 
 
-def twohot_index(x, b):
-    """Two-hot of x (...,) over bins b (K,) as (below, above, w_below, w_above): the two neighbouring bins and their weights
-    (linear interpolation in raw space; beyond the ends all weight on the end bin). The bins are uniform in symlog space
-    (symlog b_i = -20 + i 40 / (K - 1)), so the index is computed, not searched: one rounding fix-up each way."""
-    x, b, k = x.astype(jnp.float32), jnp.asarray(b), len(b)
-    i = jnp.floor((symlog(x) + 20.0) * ((k - 1) / 40.0))  # (...,) estimate of the last bin <= x
-    i = jnp.clip(i, -1, k - 1).astype(jnp.int32)  # -1: x below every bin
-    i = jnp.where((i >= 0) & (b[jnp.maximum(i, 0)] > x), i - 1, i)  # float rounding put it one too high
-    i = jnp.where((i < k - 1) & (b[jnp.minimum(i + 1, k - 1)] <= x), i + 1, i)  # ... or one too low
-    below, above = jnp.clip(i, 0, k - 1), jnp.clip(i + 1, 0, k - 1)  # last bin <= x, first bin > x (clipped)
-    equal = below == above  # x outside [b_0, b_{K-1}]
+def twohot_encode(x, b):
+    """Two-hot target of x (..., ) over bins b (K,): linear interpolation in raw space; beyond the ends -> end bin."""
+    x = x.astype(jnp.float32)[..., None]
+    below = jnp.sum(b <= x, -1) - 1  # index of the last bin <= x
+    above = len(b) - jnp.sum(b > x, -1)  # index of the first bin > x
+    below, above = jnp.clip(below, 0, len(b) - 1), jnp.clip(above, 0, len(b) - 1)
+    equal = below == above
+    x = x[..., 0]
     dist_below = jnp.where(equal, 1.0, jnp.abs(b[below] - x))
     dist_above = jnp.where(equal, 1.0, jnp.abs(b[above] - x))
     total = dist_below + dist_above
-    return below, above, dist_above / total, dist_below / total  # weight of a bin = distance to the other
-
-
-def twohot_encode(x, b):
-    """Dense two-hot target (..., K) of x; the loss below uses the sparse form, this one is for reading and tests."""
-    below, above, w_below, w_above = twohot_index(x, b)
-    return jax.nn.one_hot(below, len(b)) * w_below[..., None] + jax.nn.one_hot(above, len(b)) * w_above[..., None]
+    return (jax.nn.one_hot(below, len(b)) * (dist_above / total)[..., None]  # weight of a bin = distance to the other
+            + jax.nn.one_hot(above, len(b)) * (dist_below / total)[..., None])  # fmt: skip
 
 
 def twohot_mean(logits, b):
@@ -327,12 +319,8 @@ def twohot_mean(logits, b):
 
 
 def twohot_loss(logits, target, b):
-    """Cross-entropy of the two-hot encoding of `target` against log_softmax(logits): only two bins have weight, so
-    CE = -(w_below log p_below + w_above log p_above), gathered instead of summed over all K bins."""
-    below, above, w_below, w_above = twohot_index(target, b)
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)  # (..., K)
-    logp = jnp.take_along_axis(logp, jnp.stack([below, above], -1), -1)  # (..., 2): log p_below, log p_above
-    return -(w_below * logp[..., 0] + w_above * logp[..., 1])
+    """Cross-entropy of the two-hot encoding of `target` against log_softmax(logits)."""
+    return -jnp.sum(twohot_encode(target, b) * jax.nn.log_softmax(logits.astype(jnp.float32), -1), -1)
 
 
 def unimix_logits(logits, unimix: float):
@@ -1822,11 +1810,11 @@ def main(args: Args):
         model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
         save_file(model_path, args, {"params": flax.serialization.to_state_dict(state.params)})
         print(f"model saved to {model_path}")
-    if args.save_model and args.eval_episodes > 0:
-        returns = evaluate(model_path, common.make_env, args.env_id, args.eval_episodes, f"{run_name}-eval",
-                           capture_video=args.capture_video, seed=args.seed)  # fmt: skip
-        for idx, episodic_return in enumerate(returns):
-            writer.add_scalar("eval/episodic_return", episodic_return, idx)
+        if args.eval_episodes > 0:
+            returns = evaluate(model_path, common.make_env, args.env_id, args.eval_episodes, f"{run_name}-eval",
+                               capture_video=args.capture_video, seed=args.seed)  # fmt: skip
+            for idx, episodic_return in enumerate(returns):
+                writer.add_scalar("eval/episodic_return", episodic_return, idx)
     envs.close()
     writer.close()
 

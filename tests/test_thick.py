@@ -27,7 +27,7 @@ F32 = jnp.float32
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-SHARED_HELPERS = ["symlog", "symexp", "twohot_bins", "twohot_index", "twohot_encode", "twohot_mean", "twohot_loss",
+SHARED_HELPERS = ["symlog", "symexp", "twohot_bins", "twohot_encode", "twohot_mean", "twohot_loss",
                   "unimix_logits", "sample_onehot", "categorical_kl", "categorical_entropy", "lambda_return",
                   "percentile_update", "conv_im2col", "conv5x5_maxpool", "upsample_conv5x5", "actor_dist", "agc_clip",
                   "laprop", "learning_rate_at", "updates_due"]  # fmt: skip
