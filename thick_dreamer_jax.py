@@ -1483,7 +1483,7 @@ def count_params(tree) -> int:
 # 8. Checkpoints (msgpack, written atomically) and evaluation
 # ======================================================================================================================
 
-FORMAT = "cleanwm-thick_dreamer_jax-1"
+FORMAT = "cleanwm-thick_dreamer_jax-1"  # THICK: its own format, so a DreamerV3 file is refused
 
 
 def atomic_write(path: str, data: bytes):
@@ -1562,7 +1562,7 @@ def evaluate(model_path: str, make_env, env_id: str, eval_episodes: int, run_nam
         if args.env_id == env_id:
             raise
         raise UsageError(f"{model_path} was trained on --env-id {args.env_id}, not {env_id}") from None
-    noise = float(args.eval_gate_noise if gate_noise is None else gate_noise)
+    noise = float(args.eval_gate_noise if gate_noise is None else gate_noise)  # THICK: gate noise while evaluating
     episodes = run_episodes(agent, params, envs, eval_episodes, seed, noise)
     envs.close()
     returns = [e["r"] for e in episodes]
@@ -1605,7 +1605,7 @@ def main(args: Args):
     saved = load_file(args.resume) if args.resume else None
     if args.evaluate:
         evaluate(args.evaluate, common.make_env, args.env_id, args.eval_episodes, "eval", seed=args.seed,
-                 gate_noise=args.eval_gate_noise)  # fmt: skip
+                 gate_noise=args.eval_gate_noise)  # fmt: skip  # THICK: gate noise
         return
     if saved is not None:
         diff = config_diff(saved["args"], args)
@@ -1643,7 +1643,7 @@ def main(args: Args):
     print(f"model {args.model_size}: {count_params(state.params):,} parameters in the optimizer")
     capacity = min(args.buffer_size, args.total_timesteps + args.num_envs) // args.num_envs
     replay = Replay(capacity, args.num_envs, args.batch_length + 1, envs.single_observation_space, agent.act_dim,
-                    agent.deter, agent.stoch, args.seed, agent.ctx)  # fmt: skip
+                    agent.deter, agent.stoch, args.seed, agent.ctx)  # fmt: skip  # THICK: + context
     global_step, sched_prev, episodes_ach = 0, None, []  # sched_prev: train-ratio scheduler position
     if saved is not None:
         fields = ("params", "opt_state", "slow_critic", "slow_ccritic", "retnorm", "updates")
@@ -1760,7 +1760,7 @@ def main(args: Args):
                 replay.write_latents(env_idx, time_idx[:, 1:], *latents)
                 if agent.image and args.video_every and int(state.updates) - last_video >= args.video_every:
                     key, k = jax.random.split(key)
-                    video = np.asarray(agent.openl_video(state.params, data, k))  # (4, T, H, 4W, C)
+                    video = np.asarray(agent.openl_video(state.params, data, k))  # (4, T, H, 4W, C)  THICK: + coarse
                     writer.add_video("openl/prediction", video.transpose(0, 1, 4, 2, 3), global_step, fps=10)
                     writer.add_image("thick/context_change_strip", change_strip(strip), global_step, dataformats="HWC")
                     last_video = int(state.updates)

@@ -1,6 +1,7 @@
 """Tests of thick_dreamer_jax.py: the properties of shared/specs/thick.md section 9 (values, not only shapes), plus
 subprocess smoke runs (CartPole-v1 and Crafter, debug preset) with save -> evaluate and checkpoint -> resume."""
 
+import difflib
 import inspect
 import os
 import re
@@ -38,6 +39,22 @@ def test_shared_helpers_are_the_base_copies():
     value tests cover these copies too, and a fix made in one file but not the other fails here."""
     changed = [n for n in SHARED_HELPERS if inspect.getsource(getattr(td, n)) != inspect.getsource(getattr(base, n))]
     assert not changed, f"helpers that differ from dreamerv3_jax.py: {changed}"
+
+
+def test_every_change_against_the_base_is_tagged():
+    """`diff dreamerv3_jax.py thick_dreamer_jax.py` is meant to read as exactly what THICK adds: every hunk of the
+    unified diff (3 lines of context, as `diff -u`) carries a `THICK` tag in a changed line or its context."""
+    with open(os.path.join(ROOT, "dreamerv3_jax.py")) as f:
+        a = f.read().splitlines()
+    with open(os.path.join(ROOT, "thick_dreamer_jax.py")) as f:
+        b = f.read().splitlines()
+    hunks, untagged = 0, []
+    for group in difflib.SequenceMatcher(None, a, b, autojunk=False).get_grouped_opcodes(3):
+        hunks += 1
+        lines = [line for _, i1, i2, j1, j2 in group for line in a[i1:i2] + b[j1:j2]]
+        if not any("THICK" in line for line in lines):
+            untagged.append(f"base line {group[0][1] + 1}, THICK line {group[0][3] + 1}")
+    assert hunks > 10 and not untagged, f"diff hunks without a THICK tag: {untagged}"
 
 
 def make_agent(**kw):
