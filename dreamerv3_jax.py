@@ -390,8 +390,8 @@ class BlockLinear(nn.Module):
 # at ~16 GFLOP/s (profiled: benchmark/dreamerv3_profile.py). Exact reformulations (same parameters, same outputs;
 # tested against the plain forms in tests/test_dreamerv3.py) roughly halve the encoder + decoder time:
 #   im2col:        stack the 9 shifted copies of the padded input on the channel axis -> one matmul (K = 9 cin);
-#                  both gradients are then plain matmuls too. The copies cost memory traffic, so im2col only pays
-#                  when the matmul is wide; a narrow output (the decoder's last layer: 12 = 4 phases x 3 colours)
+#                  the gradients are per-tap matmuls (custom VJP below). The copies cost memory traffic, so im2col pays
+#                  only when the matmul is wide; a narrow output (the decoder's last layer: 12 = 4 phases x 3 colours)
 #                  goes to XLA's conv instead.
 #   conv + pool:   fold each 2x2 pixel block into channels (space-to-depth). The 4 output phases of a 5x5 conv at full
 #                  resolution are then one 3x3 conv at half resolution (4 cin -> 4 cout, re-arranged weights), and the
@@ -421,6 +421,12 @@ def _phase_taps_up() -> np.ndarray:
     return t
 
 
+# The columns of conv_im2col are kh kw = 9x larger than its input. Plain autodiff keeps them from the forward to the
+# backward pass (for the kernel gradient), and they were the largest buffers of an update. jax.checkpoint does not help
+# on XLA:CPU: it merges the recomputation back into the forward pass (docs/thick.md, "Update time"). So the custom VJP
+# keeps only the input and computes both gradients tap by tap, with x_ij = the input window of tap (i, j):
+#   dk[i, j] = x_ij^T g        dx = sum_ij shift_ij(g k[i, j]^T)
+@jax.custom_vjp
 def conv_im2col(x, k):
     """'SAME' stride-1 conv as one matmul: (B, H, W, cin), (kh, kw, cin, cout) -> (B, H, W, cout)."""
     kh, kw, cin, cout = k.shape
@@ -428,6 +434,27 @@ def conv_im2col(x, k):
     xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
     cols = jnp.concatenate([xp[:, i : i + h, j : j + w] for i in range(kh) for j in range(kw)], -1)  # (B, H, W, kh kw cin)
     return (cols.reshape(-1, kh * kw * cin) @ k.reshape(-1, cout)).reshape(b, h, w, cout)
+
+
+def _conv_im2col_fwd(x, k):
+    return conv_im2col(x, k), (x, k)  # residuals: the input, not the columns
+
+
+def _conv_im2col_bwd(res, g):
+    x, k = res
+    kh, kw, cin, cout = k.shape
+    b, h, w, _ = x.shape
+    g2 = g.reshape(-1, cout)  # (B H W, cout)
+    # "+ 0 * g[0]" ties the padded input to g, so that XLA copies the tap windows here and not during the forward pass
+    xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0))) + jnp.zeros((), x.dtype) * g2[0, 0]
+    taps = [(i, j) for i in range(kh) for j in range(kw)]
+    dk = jnp.stack([xp[:, i : i + h, j : j + w].reshape(-1, cin).T @ g2 for i, j in taps]).reshape(k.shape)
+    dxp = sum(jnp.pad((g2 @ k[i, j].T).reshape(b, h, w, cin), ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0)))
+              for i, j in taps)  # fmt: skip  # (B, H + kh - 1, W + kw - 1, cin)
+    return dxp[:, kh // 2 : kh // 2 + h, kw // 2 : kw // 2 + w].astype(x.dtype), dk.astype(k.dtype)
+
+
+conv_im2col.defvjp(_conv_im2col_fwd, _conv_im2col_bwd)
 
 
 def conv5x5_maxpool(x, kernel, bias):

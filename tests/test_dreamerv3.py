@@ -522,6 +522,21 @@ def test_fast_convolutions_equal_plain_forms(cin, cout, size):
     np.testing.assert_allclose(gk_fast, gk_plain, rtol=1e-3, atol=1e-2)
 
 
+@pytest.mark.parametrize("kh,kw,cin,cout", [(3, 3, 5, 7), (5, 5, 4, 3), (1, 3, 2, 2)])
+def test_conv_im2col_custom_gradients_equal_plain_conv(kh, kw, cin, cout):
+    """The tap-by-tap VJP of conv_im2col (it keeps no columns) gives the gradients of XLA's conv, jitted."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(2, 6, 10, cin)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(kh, kw, cin, cout)), jnp.float32)
+    c = jnp.asarray(rng.normal(size=(2, 6, 10, cout)), jnp.float32)
+    plain = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                                      precision="highest")  # fmt: skip
+    fast = jax.jit(jax.grad(lambda x, k: jnp.sum(D.conv_im2col(x, k) * c), (0, 1)))(x, k)
+    ref = jax.grad(lambda x, k: jnp.sum(plain(x, k) * c), (0, 1))(x, k)
+    for a, b in zip(fast, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
+
+
 def test_to_env_action_discrete_start_and_box_rescale():
     agent = SimpleNamespace(discrete=True, act_space=gym.spaces.Discrete(3, start=-1))
     np.testing.assert_array_equal(D.to_env_action(agent, np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])), [1, -1])
