@@ -423,7 +423,7 @@ def _phase_taps_up() -> np.ndarray:
 
 # The columns of conv_im2col are kh kw = 9x larger than its input. Plain autodiff keeps them from the forward to the
 # backward pass (for the kernel gradient), and they were the largest buffers of an update. jax.checkpoint does not help
-# on XLA:CPU: it merges the recomputation back into the forward pass (docs/thick.md, "Update time"). So the custom VJP
+# on XLA:CPU: it merges the recomputation back into the forward pass (docs/dreamerv3.md, "Speed"). So the custom VJP
 # keeps only the input and computes both gradients tap by tap, with x_ij = the input window of tap (i, j):
 #   dk[i, j] = x_ij^T g        dx = sum_ij shift_ij(g k[i, j]^T)
 @jax.custom_vjp

@@ -30,8 +30,8 @@ F32 = jnp.float32
 
 SHARED_HELPERS = ["symlog", "symexp", "twohot_bins", "twohot_encode", "twohot_mean", "twohot_loss",
                   "unimix_logits", "sample_onehot", "categorical_kl", "categorical_entropy", "lambda_return",
-                  "percentile_update", "conv_im2col", "conv5x5_maxpool", "upsample_conv5x5", "actor_dist", "agc_clip",
-                  "laprop", "learning_rate_at", "updates_due"]  # fmt: skip
+                  "percentile_update", "conv_im2col", "_conv_im2col_bwd", "conv5x5_maxpool", "upsample_conv5x5",
+                  "actor_dist", "agc_clip", "laprop", "learning_rate_at", "updates_due"]  # fmt: skip
 
 
 def test_shared_helpers_are_the_base_copies():
