@@ -696,11 +696,17 @@ class Actor(nn.Module):
         return ("discrete", unimix_probs(out))
 
     def sample(self, dist, greedy=False):
+        """Continuous: the raw Gaussian sample, not clipped. REINFORCE needs the log-density of the point that was
+        sampled; the density of a clipped sample (at +-1) is not that, and biases the gradient. `executed` clips it
+        for the env and the world model."""
         if dist[0] == "continuous":
-            a = dist[1] if greedy else dist[1] + dist[2] * torch.randn_like(dist[1])
-            return a.clamp(-1, 1)
+            return dist[1] if greedy else dist[1] + dist[2] * torch.randn_like(dist[1])
         a = onehot_straight_through(dist[1], not greedy).detach()
         return a.flatten(-2) if dist[0] == "code" else a
+
+    def executed(self, a):
+        """The action the env (and the world model) receives: continuous actions clipped to [-1, 1]."""
+        return a.clamp(-1, 1) if self.kind == "continuous" else a
 
     def log_prob(self, dist, a):
         if dist[0] == "continuous":
@@ -990,7 +996,7 @@ class HierarchyRunner:
             )
             goal = lv.ae.decode(code) if lv.has_goal else torch.zeros(self.n, lv.wm.D, device=self.device)
             x, _, _ = lv.ac_input(self.latent[i], self.logits[i], code)
-            action = lv.actor.sample(lv.actor.dist(x), self.greedy)
+            action = lv.actor.executed(lv.actor.sample(lv.actor.dist(x), self.greedy))  # stored and executed
             records[i] = dict(obs=inputs[i], action=action, reward=self.reward_acc[i].clone(),
                               is_first=self.first_pending[i].clone(), is_terminal=is_terminal.clone(), subgoal=goal,
                               code=code, env_mask=decide[i])  # fmt: skip
@@ -1204,8 +1210,8 @@ def _imagine_loop(level, state, logits, code, horizon, xs, hs, acts, rews, conts
         if k == horizon:
             break
         a = level.actor.sample(level.actor.dist(x))
-        acts.append(a)
-        state, logits = level.wm.img_step(state, a)
+        acts.append(a)  # the raw sample: the actor's log-prob is taken at it
+        state, logits = level.wm.img_step(state, level.actor.executed(a))  # the model sees what the env would get
     return torch.stack(xs), torch.stack(hs), torch.stack(acts), torch.stack(rews), torch.stack(conts)
 
 

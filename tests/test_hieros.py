@@ -318,6 +318,42 @@ def test_onehot_sampling_matches_probs():
     torch.testing.assert_close(codes.mean(0), torch.full((8, 8), 1 / 8), atol=0.015, rtol=0)
 
 
+def test_continuous_actor_log_prob_at_the_raw_sample_and_model_sees_the_clipped_action():
+    """REINFORCE takes the log-density at the Gaussian sample itself; the env and the world model get it clipped to
+    [-1, 1]. (Before: the sample was clipped first, and its log-density taken at +-1.)"""
+    torch.manual_seed(0)
+    actor = h.Actor(4, 2, "continuous", h.SIZES["debug"])
+    with torch.no_grad():
+        actor.net[-1].weight.zero_()
+        actor.net[-1].bias.copy_(torch.tensor([3.0, -3.0, 0.0, 0.0]))  # mean tanh(+-3) = +-0.995, std 0.9 s(2) + 0.1
+    dist = actor.dist(torch.zeros(10_000, 4))
+    a = actor.sample(dist)
+    assert (a.abs() > 1).float().mean() > 0.4  # about half the draws fall outside [-1, 1] and are kept as drawn
+    torch.testing.assert_close(actor.executed(a), a.clamp(-1, 1))
+    std = 0.9 * torch.sigmoid(torch.tensor(2.0)) + 0.1
+    normal = torch.distributions.Normal(torch.tanh(torch.tensor([3.0, -3.0])), std)
+    torch.testing.assert_close(actor.log_prob(dist, a), normal.log_prob(a).sum(-1))
+
+    seen = []
+
+    class Model:
+        def img_step(self, state, action):
+            seen.append(action)
+            return state, None
+
+    class Lvl:
+        wm = Model()
+
+        def ac_input(self, state, logits, code):
+            return torch.zeros(10_000, 4), torch.zeros(10_000), torch.ones(10_000)
+
+    Lvl.actor = actor
+    _, _, acts, _, _ = h._imagine_loop(Lvl(), {"h": torch.zeros(10_000, 3)}, None, None, 2, [], [], [], [], [])
+    assert acts.abs().max() > 1 and len(seen) == 2
+    for raw, fed in zip(acts, seen, strict=True):
+        torch.testing.assert_close(fed, raw.clamp(-1, 1))
+
+
 def test_lambda_return_against_closed_form():
     r, c, v = torch.rand(4, 3), torch.rand(4, 3), torch.rand(5, 3)
     ret = h.lambda_return(r, c, v, 1.0)  # lambda = 1: discounted reward sum + discounted bootstrap
