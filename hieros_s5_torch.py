@@ -1127,6 +1127,7 @@ class SequenceReplay:
         env, start = self.key_env[ring], self.key_start[ring]
         steps = (start[:, None] + np.arange(self.T)) % self.cap  # (B, T)
         batch = {k: v[env[:, None], steps] for k, v in self.data.items()}
+        batch["episode_first"] = batch["is_first"].copy()  # the env's episode starts (--no-reward-loss-at-first)
         batch["is_first"][:, 0] = True  # every sampled sequence starts fresh (x_0 = 0)
         return batch
 
@@ -1178,14 +1179,16 @@ def make_optimizers(level, args):
     return opts, sched
 
 
-def wm_loss(wm, obs, action, reward, is_first, is_terminal, args):
-    """L = recon + reward (two-hot) + continue (Bernoulli) + KL (dyn 0.5 / rep 0.1, free bits), averaged over (B, T)."""
+def wm_loss(wm, obs, action, reward, is_first, is_terminal, args, episode_first=None):
+    """L = recon + reward (two-hot) + continue (Bernoulli) + KL (dyn 0.5 / rep 0.1, free bits), averaged over (B, T).
+    is_first resets the S5 (also at step 0 of every sampled window); episode_first (default: is_first) marks the env's
+    episode starts, whose reward --no-reward-loss-at-first masks."""
     state, post_logits, prior_logits = wm.observe(wm.encoder(obs), action, is_first)
     feat = S5WM.feat(state)  # (B, T, S*C + D)
     recon = wm.decoder.loss(feat, obs)  # (B, T)
     rew = -TwoHot(wm.reward(feat)).log_prob(reward)  # (B, T)
-    if not args.reward_loss_at_first:
-        rew = rew * (1.0 - is_first.float())
+    if not args.reward_loss_at_first:  # not the forced reset at step 0 of a window: its reward is a real one
+        rew = rew * (1.0 - (is_first if episode_first is None else episode_first).float())
     cont = F.binary_cross_entropy_with_logits(wm.cont(feat).squeeze(-1).float(), 1.0 - is_terminal, reduction="none")
     kl, dyn, rep = kl_loss(post_logits, prior_logits, args.free_nats, args.kl_dyn_scale, args.kl_rep_scale)
     loss = (recon + rew + cont + kl).mean()
@@ -1221,8 +1224,8 @@ def train_level(level, opts, sched, batch, args, loss_fn, autocast):
     metrics = {}
     # --- world model (parallel over time) ---
     with autocast():
-        loss, state, post_logits, m = loss_fn(level.wm, batch["obs"], batch["action"], batch["reward"],
-                                              batch["is_first"], batch["is_terminal"].float(), args)  # fmt: skip
+        loss, state, post_logits, m = loss_fn(level.wm, batch["obs"], batch["action"], batch["reward"], batch["is_first"],
+                                              batch["is_terminal"].float(), args, batch.get("episode_first"))  # fmt: skip
     metrics.update(m)
     opts["wm"].zero_grad(set_to_none=True)
     loss.backward()
@@ -1263,7 +1266,7 @@ def train_level(level, opts, sched, batch, args, loss_fn, autocast):
             head_loss = -(weight * (dist.log_prob(ret.detach()) + dist.log_prob(slow))).mean()
             critic_loss = critic_loss + head_loss
             metrics[f"critic_{head}"] = head_loss.detach()
-            metrics[f"imag_{head[:3] if head == 'extrinsic' else head}_reward"] = rewards[head].mean()
+            metrics[f"imag_{head[:3] if head == 'extrinsic' else head}_reward"] = rewards[head][sl].mean()  # the ones used
             metrics[f"return_scale_{head}"] = scale
             metrics[f"value_{head}"] = value.mean()
         adv_mix = adv_mix / sum(level.weights[h] for h in level.heads)
@@ -1339,6 +1342,7 @@ def write_atomic(obj, path):
 def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model=None, device=torch.device("cpu"),
              capture_video=False, seed=1, greedy=True):  # fmt: skip
     """CleanRL-style evaluation: rebuild the agent from the saved args, run greedy episodes, return their returns."""
+    torch.manual_seed(seed)  # the posterior z is still sampled in greedy evaluation: --seed makes it reproducible
     ckpt = load_file(model_path, device)
     saved = args_from_dict(ckpt["args"])
     envs = gym.vector.SyncVectorEnv([make_env(env_id, seed, 0, capture_video, run_name)],
@@ -1499,7 +1503,7 @@ def main(args):
                            for opts, sched in optims],
                 "replays": [r.state_dict() for r in replays] if args.checkpoint_replay else None,
                 "global_step": global_step, "n_train_calls": n_train_calls, "n_updates": n_updates, "credit": credit,
-                "achievements": achievements,
+                "achievements": achievements, "episodes": episodes,
                 "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
                         "torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}  # fmt: skip
@@ -1507,11 +1511,11 @@ def main(args):
     runner = HierarchyRunner(agent, args.num_envs, args, device)
     metrics = [dict() for _ in agent.levels]  # the latest metrics of each level (tensors: no host sync until logging)
     nonfinite = {}  # term -> accumulated "was non-finite" flag (a tensor)
-    episodes = 0
+    episodes = resume.get("episodes", 0) if resume else 0  # finished training episodes (files before it: 0)
     updates_per_step = args.train_ratio / (args.batch_size * args.batch_length)
 
     # TRY NOT TO MODIFY: start the game
-    start_time, start_step = time.time(), global_step
+    start_time, start_step, start_updates = time.time(), global_step, n_updates
     obs, _ = envs.reset(seed=args.seed + global_step)  # a resumed run must not replay the first run's episodes
     flags = EpisodeFlags(args.num_envs)
     is_first, is_last = flags.reset(), np.zeros(args.num_envs, bool)
@@ -1612,7 +1616,7 @@ def main(args):
             writer.add_scalar(
                 "charts/train_ratio", n_updates * args.batch_size * args.batch_length / max(1, global_step), global_step
             )
-            writer.add_scalar("charts/UPS", n_updates / max(1e-9, time.time() - start_time), global_step)
+            writer.add_scalar("charts/UPS", (n_updates - start_updates) / max(1e-9, time.time() - start_time), global_step)
             writer.add_scalar("charts/learning_rate", optims[0][0]["wm"].param_groups[0]["lr"], global_step)
             if args.env_id.startswith("atari100k_"):
                 writer.add_scalar("charts/FPS", 4 * sps, global_step)

@@ -171,7 +171,8 @@ class Args:
     hl_scale: float = 1.0
     """scale of every high-level loss term (z, a, delta, R, A-KL)"""
     eval_gate_noise: bool = True
-    """keep the gate noise on in evaluation episodes (--no-eval-gate-noise turns it off there)"""
+    """keep the gate noise on in evaluation episodes (--no-eval-gate-noise turns it off there); --evaluate uses the value
+    given on its own command line, not the one saved with the model"""
 
     # logging, checkpoints, evaluation
     log_every: int = 1000
@@ -1259,7 +1260,8 @@ class Agent:
         """ALGO LOGIC: THICK: masked high-level loss (thick spec 2.2, 2.3), averaged over all (b, t); inputs stop-gradient.
         tg: extract_targets output; z (B, T, S, K) posterior samples; c (B, T, C). Returns (total, terms, stats)."""
         u = sg(self.cfeat(z, c))
-        out, lp, lq = self.hl.apply({"params": p_hl}, u, sg(tg["c_next"]), sg(tg["z_prev"]), key)
+        k_post, k_prior = jax.random.split(key)
+        out, lp, lq = self.hl.apply({"params": p_hl}, u, sg(tg["c_next"]), sg(tg["z_prev"]), k_post)
         m = sg(tg["mask"])
         lp1, lq1 = lp[..., None, :], lq[..., None, :]  # one categorical each
         kl_a = 0.8 * categorical_kl(sg(lq1), lp1) + 0.2 * categorical_kl(lq1, sg(lp1))
@@ -1270,15 +1272,19 @@ class Agent:
                "hl_A_kl": kl_a}  # balanced KL, alpha = 0.8 ([O]): the posterior gets 0.2 of the gradient  # fmt: skip
         terms = {k: self.args.hl_scale * jnp.mean(m * v) for k, v in raw.items()}  # zero (and finite) for an empty mask
         msum = jnp.maximum(m.sum(), 1.0)
-        if self.discrete:  # how often the predicted a_{tau-1} is the one taken
-            action_stat = {"thick/hl_action_acc": jnp.sum(m * (jnp.argmax(out["a"], -1) == jnp.argmax(tg["a"], -1))) / msum}
-        else:  # continuous: mean |tanh(mean) - a_{tau-1}|
-            a_mean = jnp.tanh(jnp.split(out["a"], 2, -1)[0])
-            action_stat = {"thick/hl_action_abs_err": jnp.sum(m * jnp.abs(a_mean - tg["a"]).mean(-1)) / msum}
+        # quality diagnostics, for the heads given A from the prior (as the high-level step behind V_long samples it) and,
+        # with suffix _post, given A from the posterior (which saw c_tau and z_{tau-1}: the training pass's own fit)
+        A_prior = jax.nn.one_hot(jax.random.categorical(k_prior, lp, -1), self.args.hl_actions)
+        out_prior = sg(self.hl.apply({"params": p_hl}, u, A_prior, method=HighLevelModel.heads))
         stats = {"thick/hl_prior_entropy": categorical_entropy(lp).mean(),
-                 "thick/hl_post_entropy": categorical_entropy(lq).mean(),
-                 **action_stat,
-                 "thick/hl_delta_abs_err": jnp.sum(m * jnp.abs(out["delta"] - tg["delta"])) / msum}  # fmt: skip
+                 "thick/hl_post_entropy": jnp.sum(m * categorical_entropy(lq)) / msum}  # over the valid targets
+        for sfx, o in (("", out_prior), ("_post", out)):
+            if self.discrete:  # how often the predicted a_{tau-1} is the one taken
+                stats[f"thick/hl_action_acc{sfx}"] = jnp.sum(m * (jnp.argmax(o["a"], -1) == jnp.argmax(tg["a"], -1))) / msum
+            else:  # continuous: mean |tanh(mean) - a_{tau-1}|
+                a_mean = jnp.tanh(jnp.split(o["a"], 2, -1)[0])
+                stats[f"thick/hl_action_abs_err{sfx}"] = jnp.sum(m * jnp.abs(a_mean - tg["a"]).mean(-1)) / msum
+            stats[f"thick/hl_delta_abs_err{sfx}"] = jnp.sum(m * jnp.abs(o["delta"] - tg["delta"])) / msum
         return sum(terms.values()), terms, stats
 
     # ------------------------------------------------------------------------------------------------ losses
@@ -1702,6 +1708,7 @@ def main(args: Args):
             os.replace(tmp, ckpt_path + ".replay.npz")
         save_file(ckpt_path, args, {"run_name": run_name, "state": flax.serialization.to_state_dict(state),
                                     "global_step": global_step, "key": key, "episodes_ach": json.dumps(episodes_ach),
+                                    "fallbacks": fallbacks,  # THICK
                                     "sched_prev": -1.0 if sched_prev is None else sched_prev})  # fmt: skip
         return ckpt_path
 
@@ -1716,7 +1723,8 @@ def main(args: Args):
     ratio = args.train_ratio / (args.batch_size * args.batch_length)  # updates per policy step
     metrics, last_log, last_video = {}, global_step, int(state.updates)
     # THICK: acting change rate (per log window and per episode), fallback counter, strip of env 0's recent frames
-    act_changes, act_steps, fallbacks = 0, 0, 0
+    act_changes, act_steps = 0, 0
+    fallbacks = int(saved.get("fallbacks", 0)) if saved is not None else 0  # survives --resume (older files: 0)
     ep_changes, ep_steps = np.zeros(args.num_envs), np.zeros(args.num_envs)
     strip = deque(maxlen=32)
 

@@ -619,6 +619,32 @@ def test_replay_sequences_and_wraparound():
     t0 = batch["obs"][:, :, 0]
     assert (np.diff(t0, axis=1) == 1).all() and t0.min() >= 15 and t0.max() <= 24  # contiguous, not overwritten
     assert batch["is_first"][:, 0].all() and not batch["is_first"][:, 1:].any()
+    assert not batch["episode_first"].any()  # the env's episode starts: none in these windows
+
+
+def test_reward_mask_at_first_spares_the_forced_window_start():
+    """--no-reward-loss-at-first masks the reward loss at the env's episode starts only, not at step 0 of every sampled
+    window (which the replay marks is_first so that the S5 starts fresh)."""
+    torch.manual_seed(9)
+    agent, args = debug_agent()
+    args.reward_loss_at_first = False
+    wm = agent.levels[0].wm
+    obs, action = torch.randn(2, 6, 5), torch.nn.functional.one_hot(torch.randint(0, 3, (2, 6)), 3).float()
+    is_first = torch.zeros(2, 6, dtype=torch.bool)
+    is_first[:, 0] = True  # the window start
+    episode_first = torch.zeros(2, 6, dtype=torch.bool)
+    episode_first[1, 3] = True  # one real episode start inside the second window
+    reward = torch.ones(2, 6)
+    wm.eval()  # no dropout: the two passes below see the same model
+    with torch.no_grad():
+        rew = h.wm_loss(wm, obs, action, reward, is_first, torch.zeros(2, 6), args, episode_first)[3]["wm_reward"]
+        args.reward_loss_at_first = True
+        full = h.wm_loss(wm, obs, action, reward, is_first, torch.zeros(2, 6), args, episode_first)[3]["wm_reward"]
+        args.reward_loss_at_first = False
+        old = h.wm_loss(wm, obs, action, reward, is_first, torch.zeros(2, 6), args)[3]["wm_reward"]  # mask = is_first
+    # per-step reward losses are equal here (same target, ~zero-initialised head): the masks count 1, 0 and 2 steps
+    torch.testing.assert_close(rew, full * 11 / 12, rtol=1e-3, atol=0)
+    torch.testing.assert_close(old, full * 10 / 12, rtol=1e-3, atol=0)
 
 
 def test_replay_keys_lockstep_and_per_env():
