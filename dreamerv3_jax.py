@@ -457,6 +457,27 @@ def _conv_im2col_bwd(res, g):
 conv_im2col.defvjp(_conv_im2col_fwd, _conv_im2col_bwd)
 
 
+# The max over the 4 pool phases with a hand-written backward: autodiff of max keeps a float32 copy of the "which phase
+# was the max" mask next to its input (at 12m that mask alone is 537 MB in the first encoder layer); this keeps only
+# the input and rebuilds the mask in the backward pass. Ties share the gradient equally, as under autodiff.
+@jax.custom_vjp
+def phase_max(y):  # (..., 4, C) -> (..., C)
+    return y.max(-2)
+
+
+def _phase_max_fwd(y):
+    return y.max(-2), y
+
+
+def _phase_max_bwd(y, g):
+    y = y + jnp.zeros((), y.dtype) * g.reshape(-1)[0]  # tie to g: rebuild the mask in the backward pass (see conv_im2col)
+    hit = (y == y.max(-2, keepdims=True)).astype(g.dtype)  # (..., 4, C)
+    return (hit / hit.sum(-2, keepdims=True) * g[..., None, :],)
+
+
+phase_max.defvjp(_phase_max_fwd, _phase_max_bwd)
+
+
 def conv5x5_maxpool(x, kernel, bias):
     """== maxpool2(conv5x5_same(x) + bias), (B, H, W, C) -> (B, H/2, W/2, cout)."""
     b, h, w, c = x.shape
@@ -468,7 +489,7 @@ def conv5x5_maxpool(x, kernel, bias):
     s = _phase_taps_pool()
     k3 = jnp.einsum("upay,vqbx,yxio->uvpqiabo", s, s, kernel.astype(jnp.float32), precision="highest")
     k3 = k3.reshape(3, 3, 4 * c, 4 * cout).astype(x.dtype)  # 3x3 taps, (phase, cin) -> (phase, cout)
-    return conv_im2col(xs, k3).reshape(b, h // 2, w // 2, 4, cout).max(3) + bias.astype(x.dtype)
+    return phase_max(conv_im2col(xs, k3).reshape(b, h // 2, w // 2, 4, cout)) + bias.astype(x.dtype)
 
 
 def upsample_conv5x5(x, kernel, bias):
@@ -505,14 +526,57 @@ class Conv(nn.Module):
         return upsample_conv5x5(x, k, bias)
 
 
+# RMSNorm -> SiLU, the pair that follows every Linear and Conv, as one function with a hand-written backward. Plain
+# autodiff keeps the normalised tensor and the sigmoid of every layer for the backward pass next to its input; this
+# keeps only the input y (and the scale) and recomputes the rest, which is elementwise and cheap. In float32, with
+# r = rsqrt(mean(y^2) + eps), n = y r, u = n * scale, out = silu(u) = u sigmoid(u):
+#   du = g sigmoid(u) (1 + u (1 - sigmoid(u)))     dscale = sum over all rows of du * n
+#   dn = du * scale                                 dy = r (dn - n mean(dn * n))   (mean over the normalised axis)
+def _rmsnorm_silu_fwd_math(y, scale, eps):
+    y = y.astype(jnp.float32)
+    r = jax.lax.rsqrt(jnp.mean(y * y, -1, keepdims=True) + eps)
+    n = y * r
+    return r, n, n * scale
+
+
+@jax.custom_vjp
+def rmsnorm_silu(y, scale, eps):
+    """silu(rmsnorm(y) * scale) over the last axis, computed in float32, returned in y's dtype: (..., C) -> (..., C)."""
+    u = _rmsnorm_silu_fwd_math(y, scale, eps)[2]
+    return (u * jax.nn.sigmoid(u)).astype(y.dtype)
+
+
+def _rmsnorm_silu_fwd(y, scale, eps):
+    return rmsnorm_silu(y, scale, eps), (y, scale, eps)
+
+
+def _rmsnorm_silu_bwd(res, g):
+    y, scale, eps = res
+    y = y.astype(jnp.float32) + jnp.zeros((), jnp.float32) * g.reshape(-1)[0].astype(jnp.float32)  # tie to g (see conv)
+    r, n, u = _rmsnorm_silu_fwd_math(y, scale, eps)
+    s = jax.nn.sigmoid(u)
+    du = g.astype(jnp.float32) * s * (1.0 + u * (1.0 - s))
+    dscale = jnp.sum(du * n, tuple(range(du.ndim - 1)))
+    dn = du * scale
+    dy = r * (dn - n * jnp.mean(dn * n, -1, keepdims=True))
+    return dy.astype(res[0].dtype), dscale.astype(scale.dtype), jnp.zeros_like(eps)
+
+
+rmsnorm_silu.defvjp(_rmsnorm_silu_fwd, _rmsnorm_silu_bwd)
+
+
 class RMSNorm(nn.Module):
-    """x * rsqrt(mean(x^2) + 1e-4) * scale over the last axis, computed in float32; learned scale, no shift."""
+    """x * rsqrt(mean(x^2) + 1e-4) * scale over the last axis, computed in float32; learned scale, no shift.
+    act=True: followed by SiLU, as one function with the lean backward above (the SiLU then also runs in float32)."""
 
     eps: float = 1e-4
+    act: bool = False
 
     @nn.compact
     def __call__(self, x):
         scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
+        if self.act:
+            return rmsnorm_silu(x, scale, jnp.float32(self.eps))
         y = x.astype(jnp.float32)
         y = y * jax.lax.rsqrt(jnp.mean(y * y, -1, keepdims=True) + self.eps) * scale
         return y.astype(x.dtype)
@@ -526,7 +590,7 @@ class NormAct(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        return nn.silu(RMSNorm()(Linear(self.units, dtype=self.dtype)(x)))
+        return RMSNorm(act=True)(Linear(self.units, dtype=self.dtype)(x))
 
 
 class MLPHead(nn.Module):
@@ -578,7 +642,7 @@ class Encoder(nn.Module):
         lead = obs.shape[:-3]
         x = obs.reshape(-1, *obs.shape[-3:]).astype(jnp.float32) / 255.0 - 0.5  # (N, 64, 64, 3) in [-0.5, 0.5]
         for mult in (2, 3, 4, 4):  # Conv5x5 -> max-pool 2 -> RMSNorm -> SiLU: 64 -> 32 -> 16 -> 8 -> 4
-            x = nn.silu(RMSNorm()(Conv(self.depth * mult, mode="pool", dtype=self.dtype)(x)))
+            x = RMSNorm(act=True)(Conv(self.depth * mult, mode="pool", dtype=self.dtype)(x))
         return x.reshape(*lead, -1)  # (..., 4*4*4*depth)
 
 
@@ -596,7 +660,7 @@ class RSSM(nn.Module):
     def setup(self):
         d, g = self.dtype, self.blocks
         self.embed_h, self.embed_z, self.embed_a = NormAct(self.hidden, d), NormAct(self.hidden, d), NormAct(self.hidden, d)
-        self.core_hidden, self.core_norm = BlockLinear(self.deter, g, d), RMSNorm()
+        self.core_hidden, self.core_norm = BlockLinear(self.deter, g, d), RMSNorm(act=True)
         self.core_gates = BlockLinear(3 * self.deter, g, d)
         self.prior_layers = [NormAct(self.hidden, d), NormAct(self.hidden, d)]
         self.prior_out = Linear(self.stoch * self.classes, dtype=d)
@@ -614,7 +678,7 @@ class RSSM(nn.Module):
         x = jnp.concatenate([self.embed_h(h), self.embed_z(z.reshape(*z.shape[:-2], -1)), self.embed_a(a)], -1)
         x = jnp.broadcast_to(x[..., None, :], (*x.shape[:-1], g, x.shape[-1]))  # (..., g, 3*hidden): copy per group
         x = jnp.concatenate([h.reshape(*h.shape[:-1], g, dg).astype(x.dtype), x], -1)  # group k: [h_k, embeddings]
-        x = nn.silu(self.core_norm(self.core_hidden(x.reshape(*x.shape[:-2], -1))))  # (..., D)
+        x = self.core_norm(self.core_hidden(x.reshape(*x.shape[:-2], -1)))  # (..., D), RMSNorm -> SiLU
         gates = self.core_gates(x).astype(jnp.float32).reshape(*x.shape[:-1], g, 3, dg)  # per group [reset|cand|update]
         reset, cand, update = [gates[..., i, :].reshape(*x.shape[:-1], self.deter) for i in range(3)]
         reset = jax.nn.sigmoid(reset)  # r = sigmoid(reset)
@@ -659,9 +723,9 @@ class Decoder(nn.Module):
         x0 = BlockLinear(sp * sp * c, g, self.dtype)(h).reshape(*lead, g, sp, sp, c // g)
         x0 = jnp.moveaxis(x0, -4, -2).reshape(*lead, sp, sp, c)  # channel index = k * C/8 + c'
         x1 = Linear(sp * sp * c, dtype=self.dtype)(NormAct(2 * self.units, self.dtype)(zf)).reshape(*lead, sp, sp, c)
-        x = nn.silu(RMSNorm()(x0 + x1)).reshape(-1, sp, sp, c)  # (N, 4, 4, 4d)
+        x = RMSNorm(act=True)(x0 + x1).reshape(-1, sp, sp, c)  # (N, 4, 4, 4d)
         for mult in (4, 3, 2):  # upsample -> Conv5x5 -> RMSNorm -> SiLU: 4 -> 8 -> 16 -> 32
-            x = nn.silu(RMSNorm()(Conv(self.depth * mult, mode="up", dtype=self.dtype)(x)))
+            x = RMSNorm(act=True)(Conv(self.depth * mult, mode="up", dtype=self.dtype)(x))
         x = Conv(self.out_shape[-1], mode="up", dtype=self.dtype)(x)  # (N, 64, 64, 3)
         return jax.nn.sigmoid(x.astype(jnp.float32)).reshape(*lead, *self.out_shape)  # in [0, 1]
 

@@ -537,6 +537,44 @@ def test_conv_im2col_custom_gradients_equal_plain_conv(kh, kw, cin, cout):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
 
 
+def test_phase_max_custom_gradient_equals_autodiff_with_ties():
+    """The pool's max over 4 phases (its backward keeps no mask) routes the gradient as autodiff of max does: all to the
+    maximum, split equally between tied maxima; jitted."""
+    rng = np.random.default_rng(3)
+    y = jnp.asarray(rng.normal(size=(2, 3, 3, 4, 5)), jnp.float32)
+    y = y.at[0, 0, 0, 1, :].set(y[0, 0, 0].max(0)).at[1, 2, 2, :, 0].set(0.5)  # a two-way tie and a four-way tie
+    c = jnp.asarray(rng.normal(size=(2, 3, 3, 5)), jnp.float32)
+    np.testing.assert_array_equal(D.phase_max(y), y.max(-2))
+    fast = jax.jit(jax.grad(lambda y: jnp.sum(D.phase_max(y) * c)))(y)
+    np.testing.assert_allclose(fast, jax.grad(lambda y: jnp.sum(y.max(-2) * c))(y), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(fast[1, 2, 2, :, 0], np.full(4, float(c[1, 2, 2, 0]) / 4), rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(3, 7), (2, 4, 4, 16)])
+def test_rmsnorm_silu_custom_gradients_equal_autodiff(shape):
+    """The fused RMSNorm -> SiLU (its backward keeps only the input) gives the values and the gradients (input and
+    scale) of the plain composition under autodiff, jitted; a hand value too."""
+    rng = np.random.default_rng(2)
+    y = jnp.asarray(rng.normal(size=shape) * 3.0, jnp.float32)
+    scale = jnp.asarray(rng.uniform(0.5, 1.5, size=shape[-1]), jnp.float32)
+    c = jnp.asarray(rng.normal(size=shape), jnp.float32)
+
+    def plain(y, scale):
+        n = y * jax.lax.rsqrt(jnp.mean(y * y, -1, keepdims=True) + 1e-4) * scale
+        return n * jax.nn.sigmoid(n)
+
+    np.testing.assert_allclose(D.rmsnorm_silu(y, scale, jnp.float32(1e-4)), plain(y, scale), rtol=1e-6, atol=1e-6)
+    fast = jax.jit(jax.grad(lambda y, s: jnp.sum(D.rmsnorm_silu(y, s, jnp.float32(1e-4)) * c), (0, 1)))(y, scale)
+    ref = jax.grad(lambda y, s: jnp.sum(plain(y, s) * c), (0, 1))(y, scale)
+    for a, b in zip(fast, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+    # y = (3, 4): rms = sqrt(12.5), n = (0.8485, 1.1314), silu(n) = n sigmoid(n)
+    out = D.rmsnorm_silu(jnp.array([3.0, 4.0]), jnp.ones(2), jnp.float32(0.0))
+    np.testing.assert_allclose(out, [0.8485281 / (1 + math.exp(-0.8485281)), 1.1313708 / (1 + math.exp(-1.1313708))],
+                               rtol=1e-6)  # fmt: skip
+    assert D.rmsnorm_silu(y.astype(jnp.bfloat16), scale, jnp.float32(1e-4)).dtype == jnp.bfloat16
+
+
 def test_to_env_action_discrete_start_and_box_rescale():
     agent = SimpleNamespace(discrete=True, act_space=gym.spaces.Discrete(3, start=-1))
     np.testing.assert_array_equal(D.to_env_action(agent, np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])), [1, -1])
