@@ -34,6 +34,7 @@ K classes per latent, F = D + S*K + C features, A action dim, C context dim, NA 
 """
 
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -412,7 +413,7 @@ def percentile_update(lo_hi, ret, rate: float = 0.01, perclo: float = 5.0, perch
 
 
 # ======================================================================================================================
-# 2. Layers: Linear, BlockLinear, Conv (truncated-normal fan-in init), RMSNorm; block order Linear -> RMSNorm -> SiLU
+# 2. Layers: Linear, BlockLinear, Conv (truncated-normal fan-in init), NormSiLU; block order Linear -> RMSNorm -> SiLU
 # ======================================================================================================================
 
 
@@ -504,6 +505,12 @@ def _phase_taps_up() -> np.ndarray:
 # on XLA:CPU: it merges the recomputation back into the forward pass (docs/dreamerv3.md, "Speed"). So the custom VJP
 # keeps only the input and computes both gradients tap by tap, with x_ij = the input window of tap (i, j):
 #   dk[i, j] = x_ij^T g        dx = sum_ij shift_ij(g k[i, j]^T)
+def _after(x, g):
+    """x itself, made to depend on the incoming gradient g, so that XLA computes what follows from x in the backward pass.
+    Without it XLA merges a custom VJP's recomputation with the forward pass, keeping the very buffers the VJP avoids."""
+    return x + jnp.zeros((), x.dtype) * g.reshape(-1)[0].astype(x.dtype)
+
+
 @jax.custom_vjp
 def conv_im2col(x, k):
     """'SAME' stride-1 conv as one matmul: (B, H, W, cin), (kh, kw, cin, cout) -> (B, H, W, cout)."""
@@ -523,8 +530,7 @@ def _conv_im2col_bwd(res, g):
     kh, kw, cin, cout = k.shape
     b, h, w, _ = x.shape
     g2 = g.reshape(-1, cout)  # (B H W, cout)
-    # "+ 0 * g[0]" ties the padded input to g, so that XLA copies the tap windows here and not during the forward pass
-    xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0))) + jnp.zeros((), x.dtype) * g2[0, 0]
+    xp = _after(jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0))), g)  # tap windows copied here
     taps = [(i, j) for i in range(kh) for j in range(kw)]
     dk = jnp.stack([xp[:, i : i + h, j : j + w].reshape(-1, cin).T @ g2 for i, j in taps]).reshape(k.shape)
     dxp = sum(jnp.pad((g2 @ k[i, j].T).reshape(b, h, w, cin), ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0)))
@@ -548,7 +554,7 @@ def _phase_max_fwd(y):
 
 
 def _phase_max_bwd(y, g):
-    y = y + jnp.zeros((), y.dtype) * g.reshape(-1)[0]  # tie to g: rebuild the mask in the backward pass (see conv_im2col)
+    y = _after(y, g)
     hit = (y == y.max(-2, keepdims=True)).astype(g.dtype)  # (..., 4, C)
     return (hit / hit.sum(-2, keepdims=True) * g[..., None, :],)
 
@@ -617,47 +623,40 @@ def _rmsnorm_silu_fwd_math(y, scale, eps):
     return r, n, n * scale
 
 
-@jax.custom_vjp
-def rmsnorm_silu(y, scale, eps):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def rmsnorm_silu(y, scale, eps: float):
     """silu(rmsnorm(y) * scale) over the last axis, computed in float32, returned in y's dtype: (..., C) -> (..., C)."""
     u = _rmsnorm_silu_fwd_math(y, scale, eps)[2]
     return (u * jax.nn.sigmoid(u)).astype(y.dtype)
 
 
 def _rmsnorm_silu_fwd(y, scale, eps):
-    return rmsnorm_silu(y, scale, eps), (y, scale, eps)
+    return rmsnorm_silu(y, scale, eps), (y, scale)
 
 
-def _rmsnorm_silu_bwd(res, g):
-    y, scale, eps = res
-    y = y.astype(jnp.float32) + jnp.zeros((), jnp.float32) * g.reshape(-1)[0].astype(jnp.float32)  # tie to g (see conv)
-    r, n, u = _rmsnorm_silu_fwd_math(y, scale, eps)
+def _rmsnorm_silu_bwd(eps, res, g):
+    y, scale = res
+    r, n, u = _rmsnorm_silu_fwd_math(_after(y, g), scale, eps)
     s = jax.nn.sigmoid(u)
     du = g.astype(jnp.float32) * s * (1.0 + u * (1.0 - s))
     dscale = jnp.sum(du * n, tuple(range(du.ndim - 1)))
     dn = du * scale
     dy = r * (dn - n * jnp.mean(dn * n, -1, keepdims=True))
-    return dy.astype(res[0].dtype), dscale.astype(scale.dtype), jnp.zeros_like(eps)
+    return dy.astype(y.dtype), dscale.astype(scale.dtype)
 
 
 rmsnorm_silu.defvjp(_rmsnorm_silu_fwd, _rmsnorm_silu_bwd)
 
 
-class RMSNorm(nn.Module):
-    """x * rsqrt(mean(x^2) + 1e-4) * scale over the last axis, computed in float32; learned scale, no shift.
-    act=True: followed by SiLU, as one function with the lean backward above (the SiLU then also runs in float32)."""
+class NormSiLU(nn.Module):
+    """RMSNorm then SiLU: silu(x * rsqrt(mean(x^2) + 1e-4) * scale) over the last axis, in float32 (learned scale, no
+    shift); every norm in these networks is followed by SiLU, so the two are one function (rmsnorm_silu above)."""
 
     eps: float = 1e-4
-    act: bool = False
 
     @nn.compact
     def __call__(self, x):
-        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
-        if self.act:
-            return rmsnorm_silu(x, scale, jnp.float32(self.eps))
-        y = x.astype(jnp.float32)
-        y = y * jax.lax.rsqrt(jnp.mean(y * y, -1, keepdims=True) + self.eps) * scale
-        return y.astype(x.dtype)
+        return rmsnorm_silu(x, self.param("scale", nn.initializers.ones, (x.shape[-1],)), self.eps)
 
 
 class NormAct(nn.Module):
@@ -668,7 +667,7 @@ class NormAct(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        return RMSNorm(act=True)(Linear(self.units, dtype=self.dtype)(x))
+        return NormSiLU()(Linear(self.units, dtype=self.dtype)(x))
 
 
 class MLPHead(nn.Module):
@@ -720,7 +719,7 @@ class Encoder(nn.Module):
         lead = obs.shape[:-3]
         x = obs.reshape(-1, *obs.shape[-3:]).astype(jnp.float32) / 255.0 - 0.5  # (N, 64, 64, 3) in [-0.5, 0.5]
         for mult in (2, 3, 4, 4):  # Conv5x5 -> max-pool 2 -> RMSNorm -> SiLU: 64 -> 32 -> 16 -> 8 -> 4
-            x = RMSNorm(act=True)(Conv(self.depth * mult, mode="pool", dtype=self.dtype)(x))
+            x = NormSiLU()(Conv(self.depth * mult, mode="pool", dtype=self.dtype)(x))
         return x.reshape(*lead, -1)  # (..., 4*4*4*depth)
 
 
@@ -742,7 +741,7 @@ class RSSM(nn.Module):
     def setup(self):
         d, g = self.dtype, self.blocks
         self.embed_h, self.embed_z, self.embed_a = NormAct(self.hidden, d), NormAct(self.hidden, d), NormAct(self.hidden, d)
-        self.core_hidden, self.core_norm = BlockLinear(self.deter, g, d), RMSNorm(act=True)
+        self.core_hidden, self.core_norm = BlockLinear(self.deter, g, d), NormSiLU()
         self.core_gates = BlockLinear(3 * self.deter, g, d)
         self.prior_layers = [NormAct(self.hidden, d), NormAct(self.hidden, d)]
         self.prior_out = Linear(self.stoch * self.classes, dtype=d)
@@ -835,9 +834,9 @@ class Decoder(nn.Module):
         x0 = BlockLinear(sp * sp * c, g, self.dtype)(h).reshape(*lead, g, sp, sp, c // g)
         x0 = jnp.moveaxis(x0, -4, -2).reshape(*lead, sp, sp, c)  # channel index = k * C/8 + c'
         x1 = Linear(sp * sp * c, dtype=self.dtype)(NormAct(2 * self.units, self.dtype)(zf)).reshape(*lead, sp, sp, c)
-        x = RMSNorm(act=True)(x0 + x1).reshape(-1, sp, sp, c)  # (N, 4, 4, 4d)
+        x = NormSiLU()(x0 + x1).reshape(-1, sp, sp, c)  # (N, 4, 4, 4d)
         for mult in (4, 3, 2):  # upsample -> Conv5x5 -> RMSNorm -> SiLU: 4 -> 8 -> 16 -> 32
-            x = RMSNorm(act=True)(Conv(self.depth * mult, mode="up", dtype=self.dtype)(x))
+            x = NormSiLU()(Conv(self.depth * mult, mode="up", dtype=self.dtype)(x))
         x = Conv(self.out_shape[-1], mode="up", dtype=self.dtype)(x)  # (N, 64, 64, 3)
         return jax.nn.sigmoid(x.astype(jnp.float32)).reshape(*lead, *self.out_shape)  # in [0, 1]
 

@@ -563,16 +563,20 @@ def test_rmsnorm_silu_custom_gradients_equal_autodiff(shape):
         n = y * jax.lax.rsqrt(jnp.mean(y * y, -1, keepdims=True) + 1e-4) * scale
         return n * jax.nn.sigmoid(n)
 
-    np.testing.assert_allclose(D.rmsnorm_silu(y, scale, jnp.float32(1e-4)), plain(y, scale), rtol=1e-6, atol=1e-6)
-    fast = jax.jit(jax.grad(lambda y, s: jnp.sum(D.rmsnorm_silu(y, s, jnp.float32(1e-4)) * c), (0, 1)))(y, scale)
+    np.testing.assert_allclose(D.rmsnorm_silu(y, scale, 1e-4), plain(y, scale), rtol=1e-6, atol=1e-6)
+    fast = jax.jit(jax.grad(lambda y, s: jnp.sum(D.rmsnorm_silu(y, s, 1e-4) * c), (0, 1)))(y, scale)
     ref = jax.grad(lambda y, s: jnp.sum(plain(y, s) * c), (0, 1))(y, scale)
     for a, b in zip(fast, ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
     # y = (3, 4): rms = sqrt(12.5), n = (0.8485, 1.1314), silu(n) = n sigmoid(n)
-    out = D.rmsnorm_silu(jnp.array([3.0, 4.0]), jnp.ones(2), jnp.float32(0.0))
+    out = D.rmsnorm_silu(jnp.array([3.0, 4.0]), jnp.ones(2), 0.0)
     np.testing.assert_allclose(out, [0.8485281 / (1 + math.exp(-0.8485281)), 1.1313708 / (1 + math.exp(-1.1313708))],
                                rtol=1e-6)  # fmt: skip
-    assert D.rmsnorm_silu(y.astype(jnp.bfloat16), scale, jnp.float32(1e-4)).dtype == jnp.bfloat16
+    assert D.rmsnorm_silu(y.astype(jnp.bfloat16), scale, 1e-4).dtype == jnp.bfloat16
+    bf = jax.grad(lambda y: jnp.sum(D.rmsnorm_silu(y, scale, 1e-4).astype(jnp.float32)))(y.astype(jnp.bfloat16))
+    assert bf.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(bf.astype(jnp.float32))))
+    # _after (the tie of every hand-written backward to its incoming gradient) is the identity on values
+    np.testing.assert_array_equal(D._after(y, jnp.full((2, 3), 7.0)), y)
 
 
 def test_to_env_action_discrete_start_and_box_rescale():
