@@ -441,6 +441,25 @@ class frozen_ssms:
             m.frozen = None
 
 
+class eval_mode:
+    """Context manager: `module` and all its submodules in eval mode inside (dropout off), each one's own mode restored
+    on exit. Imagination runs inside it: the original imagines with the world model in eval mode
+    (Snagnar/Hieros:hieros/models.py@ab4c593, `ImagBehavior._train` calls `self._world_model.eval()`), and acting runs
+    in eval mode too, so the actor learns on the dynamics it acts in. The world-model loss still trains with dropout."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __enter__(self):
+        self.modes = [(m, m.training) for m in self.module.modules()]
+        self.module.eval()
+        return self.module
+
+    def __exit__(self, *exc):
+        for m, training in self.modes:
+            m.training = training
+
+
 class DoubleS5Block(nn.Module):
     """Pre-LN residual block with two SSMs (the original's ReworkedDoubleS5Block, ff_layers=0, attn_linear):
 
@@ -1199,9 +1218,12 @@ def wm_loss(wm, obs, action, reward, is_first, is_terminal, args, episode_first=
 @torch.no_grad()
 def imagine(level, start, logits, code, horizon):
     """Roll the prior K steps from every start state with a_k ~ pi(s_k, code); the code stays fixed (spec 2.4).
-    Returns actor inputs (K+1, N, F), deters (K+1, N, D), actions (K, N, A), reward and continue means (K+1, N)."""
+    Returns actor inputs (K+1, N, F), deters (K+1, N, D), actions (K, N, A), reward and continue means (K+1, N).
+
+    The world model imagines (and predicts the imagined rewards) in eval mode, i.e. without dropout: the trajectory is
+    a function of the start states and the sampling noise of z and a alone (as in the original and as in acting)."""
     state, xs, hs, acts, rews, conts = start, [], [], [], [], []
-    with frozen_ssms(level.wm):
+    with frozen_ssms(level.wm), eval_mode(level.wm):
         traj = _imagine_loop(level, state, logits, code, horizon, xs, hs, acts, rews, conts)
     return traj
 

@@ -535,6 +535,51 @@ def test_goal_held_constant_in_imagination():
     assert torch.equal(batch_code.flatten(0, 1)[4], batch_code[1, 1])
 
 
+def test_imagination_is_deterministic_given_its_noise(monkeypatch):
+    """Imagination runs the world model without dropout (the original imagines in eval mode): with the sampling noise
+    of z and a fixed, the trajectory is the same whatever the global RNG (which drives dropout) holds, and equals an
+    eval-mode rollout. The model stays in training mode for its own loss."""
+    torch.manual_seed(13)
+    agent, _ = debug_agent(max_hierarchy=2, dropout=0.5)
+    lv = agent.levels[0]
+    agent.train()  # as in train_level: imagination is called with the whole agent in training mode
+    b, t = 2, 5
+    obs, action = torch.randn(b, t, 5), torch.nn.functional.one_hot(torch.randint(0, 3, (b, t)), 3).float()
+    is_first = torch.zeros(b, t, dtype=torch.bool)
+    is_first[:, 0] = True
+    with torch.no_grad():
+        state, post_logits, _ = lv.wm.observe(lv.wm.encoder(obs), action, is_first)
+    start = {k: v.flatten(0, 1) for k, v in state.items()}
+    logits = post_logits.flatten(0, 1)
+    code = torch.nn.functional.one_hot(torch.randint(0, 8, (b * t, 8)), 8).float().flatten(1)
+    real_rand_like = torch.rand_like
+
+    def rollout(global_seed):
+        noise = torch.Generator().manual_seed(0)  # the sampling noise (Gumbel uniforms of z and a): the same every time
+        monkeypatch.setattr(torch, "rand_like", lambda x: torch.rand(x.shape, generator=noise, dtype=x.dtype))
+        torch.manual_seed(global_seed)  # everything else random (dropout masks) draws from here
+        out = h.imagine(lv, start, logits, code, 6)
+        monkeypatch.setattr(torch, "rand_like", real_rand_like)
+        return out
+
+    first, second = rollout(1), rollout(2)
+    for a, c in zip(first, second, strict=True):
+        assert torch.equal(a, c)
+    assert all(m.training for m in lv.wm.modules())  # back in training mode: the world-model loss keeps its dropout
+    with h.eval_mode(lv.wm):
+        in_eval = rollout(3)
+    for a, c in zip(first, in_eval, strict=True):
+        assert torch.equal(a, c)
+    # the check has teeth: a training-mode step of this model does depend on the global RNG (dropout 0.5 is active)
+    act = torch.nn.functional.one_hot(torch.randint(0, 3, (b * t,)), 3).float()
+    with torch.no_grad():
+        torch.manual_seed(1)
+        h1 = lv.wm.img_step(start, act, sample=False)[0]["h"]
+        torch.manual_seed(2)
+        h2 = lv.wm.img_step(start, act, sample=False)[0]["h"]
+    assert not torch.equal(h1, h2)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # ETBS (spec 7.17-7.21)
 # ----------------------------------------------------------------------------------------------------------------------
