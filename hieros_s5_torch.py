@@ -27,6 +27,8 @@
 #   AdamW weight decay: 0 by default (the original inherited torch's 0.01 implicitly); --weight-decay 0.01.
 #   time limits: `truncated` is not terminal (common/ gives is_terminal = terminated only).
 #   one-step lag of the latent handed up a level: removed (levels filter bottom-up, then decide top-down).
+# Deliberate deviation: the actor output layer of every level starts scaled by 0.01 as DreamerV3's policy (a near-uniform
+# first policy; the original's full-scale init is nearly deterministic): --actor-init-scale 1 restores the original.
 import collections
 import copy
 import math
@@ -142,9 +144,9 @@ class Args:
     """actor learning rate (AdamW, eps 1e-5, clip 100)"""
     critic_lr: float = 3e-5
     """critic learning rate (one critic per reward head, AdamW, eps 1e-5, clip 100)"""
-    actor_init_scale: float = 1.0
-    """scale of the actor's output-layer init (1 = the original; 0 = an exactly uniform initial policy, which explores
-    far better on CartPole, where the scale-1 init keeps pushing one way and ends every episode after ~9 steps)"""
+    actor_init_scale: float = 0.01
+    """scale of the actor's output-layer weights at init, every level (0.01 = DreamerV3's policy outscale: a near-uniform
+    first policy; 1 = the original's init, whose first policy is nearly deterministic; 0 = exactly uniform)"""
     entropy_coef: float = 3e-4
     """actor entropy regulariser eta"""
     behavior_starts: int = 0
@@ -867,8 +869,15 @@ class Level(nn.Module):
         feat = cfg["stoch"] * cfg["classes"] + cfg["deter"]
         self.ac_dim = feat + 3 + (CODE_FACTORS * CODE_CLASSES if self.has_goal else 0)  # [z, h, r, c, H] (+ code)
         self.actor = Actor(self.ac_dim, act_dim, act_kind, cfg, args.factor_logprob_mean)
+        # Output init: a deviation from the original, which keeps the full-scale init of its actor output layer
+        # (Snagnar/Hieros:hieros/models.py@ab4c593, ImagBehavior: ActionHead(..., outscale=1.0)). DreamerV3 multiplies
+        # its policy output weights by 0.01 (danijar/dreamerv3:dreamerv3/configs.yaml@e3f0224, policy outscale), so the
+        # logits start near 0: a near-uniform first policy over actions and over each 8-way factor of the subgoal code,
+        # and for continuous actions mean tanh(0) = 0 and std 0.9 sigmoid(2) + 0.1 = 0.89. With scale 1 the first policy
+        # is nearly deterministic, and where only random exploration finds the first reward nothing is learned (on
+        # CartPole its first episodes end after ~10 steps, below a uniform policy's ~22). --actor-init-scale 1 restores it.
         with torch.no_grad():
-            self.actor.net[-1].weight.mul_(args.actor_init_scale)
+            self.actor.net[-1].weight.mul_(args.actor_init_scale)  # the bias starts at 0 (dreamer_init)
         self.critics = nn.ModuleDict({k: mlp(self.ac_dim, cfg["head_units"], cfg["head_layers"], out=REWARD_BINS)
                                       for k in self.heads})  # fmt: skip
         for c in self.critics.values():
@@ -1545,6 +1554,8 @@ def main(args):
     next_progress = (global_step // args.progress_every + 1) * args.progress_every
     next_ckpt = (global_step // args.checkpoint_every + 1) * args.checkpoint_every if args.checkpoint_every else None
     last_log_update = n_updates
+    charted = [False] * len(agent.levels)  # whether a level's first actor update (its entropy) was charted yet
+    chart_now = False  # a log line right after each level's first actor update: exploration is visible from the start
 
     # SIGTERM (kill, a cluster's pre-emption) or Ctrl-C: finish the current step, write a checkpoint, stop. A second
     # signal stops at once (then the last periodic checkpoint is the one to resume from).
@@ -1598,6 +1609,8 @@ def main(args):
                         lv, opts, sched, to_batch(replays[i].sample(args.batch_size), device), args, loss_fn, autocast
                     )
                     metrics[i] = m
+                    if "entropy" in m and not charted[i]:
+                        charted[i] = chart_now = True
                     for k in ("wm_loss", "actor", "critic"):
                         if k not in m:  # before --behavior-starts only the world model trains
                             continue
@@ -1606,8 +1619,10 @@ def main(args):
                     n_updates += i == 0
                 n_train_calls += 1
 
-        if n_updates - last_log_update >= args.log_every or global_step >= args.total_timesteps:
-            last_log_update = n_updates
+        if chart_now or n_updates - last_log_update >= args.log_every or global_step >= args.total_timesteps:
+            if n_updates - last_log_update >= args.log_every:
+                last_log_update = n_updates  # (an extra log line for a first actor update keeps the log_every grid)
+            chart_now = False
             bad = [k for k, v in nonfinite.items() if bool(v)]
             if bad:
                 path = f"runs/{run_name}/checkpoint_nonfinite.pt"

@@ -520,6 +520,32 @@ def test_factored_code_actor():
         torch.testing.assert_close(greedy.argmax(-1), dist[1].argmax(-1))
 
 
+@pytest.mark.parametrize("act_space", [gym.spaces.Discrete(2), gym.spaces.Discrete(6), gym.spaces.Box(-1, 1, (3,))])
+def test_default_first_policy_is_near_uniform(act_space):
+    """The actor output layer of every level starts scaled by 0.01 (DreamerV3's policy outscale): the first policy's
+    entropy is within 1 % of its maximum for discrete actions and for the 8x8 subgoal codes (summed over the factors:
+    8 ln 8), and continuous actions start at DreamerV3's mean tanh(0) = 0 (within 0.05) and std 0.9 sigmoid(2) + 0.1 =
+    0.8927 (within 1 %). --actor-init-scale 1 (the original's init) starts far from that."""
+    std0 = 0.9 / (1.0 + math.exp(-2.0)) + 0.1
+    for scale in (None, 1.0):
+        torch.manual_seed(19)
+        args = h.Args(model_size="small", max_hierarchy=3, **({} if scale is None else {"actor_init_scale": scale}))
+        agent = h.Agent(gym.spaces.Box(-1, 1, (4,), np.float32), act_space, args)
+        close = []  # per level: does the first policy match the near-uniform / DreamerV3 initial one to 1 %?
+        for lv in agent.levels:
+            x = 2.0 * torch.randn(256, lv.ac_dim)  # the hidden layers end in LayerNorm + SiLU: the input scale hardly matters
+            with torch.no_grad():
+                dist = lv.actor.dist(x)
+                ent = lv.actor.entropy(dist)
+            if dist[0] == "continuous":
+                close.append(bool(dist[1].abs().max() < 0.05 and (dist[2] / std0 - 1).abs().max() < 0.01))
+            else:
+                top = math.log(act_space.n) if dist[0] == "discrete" else h.CODE_FACTORS * math.log(h.CODE_CLASSES)
+                assert float(ent.max()) <= top + 1e-5
+                close.append(float(ent.min()) >= 0.99 * top)
+        assert all(close) if scale is None else not any(close), close
+
+
 def test_goal_held_constant_in_imagination():
     torch.manual_seed(12)
     agent, args = debug_agent(max_hierarchy=2)
@@ -802,9 +828,22 @@ def one_line_error(proc):
 @pytest.mark.parametrize("levels", [1, 3])
 def test_smoke_cartpole_save_evaluate(tmp_path, levels):
     proc = run_script(tmp_path, "--env-id", "CartPole-v1", "--total-timesteps", "96", "--max-hierarchy", str(levels),
-                      "--subactor-update-every", "2", "--save-model", "--eval-episodes", "2")  # fmt: skip
+                      "--subactor-update-every", "2", "--save-model", "--eval-episodes", "2",
+                      "--log-every", "1000")  # fmt: skip
     assert "model saved to" in proc.stdout and proc.stdout.count("eval_episode=") == 2
     assert "step 96/96" in proc.stdout
+    # the actor entropy of every level is charted from its first update on (here log lines are otherwise only at the end)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (logdir,) = {p.parent for p in tmp_path.glob("runs/*/events.out.tfevents.*")}
+    events = EventAccumulator(str(logdir)).Reload()
+    updates = events.Scalars("charts/updates")
+    first_update_step = min(e.step for e in updates if e.value >= 1)
+    assert first_update_step < 40  # learning starts at B * T = 16 steps, 0.5 level-0 updates per step
+    for i in range(levels):
+        entropy = events.Scalars(f"losses/entropy_L{i}")
+        assert entropy[0].step < 96 and len(entropy) >= 2, (i, entropy)  # charted when level i first updated its actor
+    assert events.Scalars("losses/entropy_L0")[0].step == first_update_step
     (model,) = tmp_path.glob("runs/*/hieros_s5_torch.cleanrl_model")
     returns = h.evaluate(str(model), h.make_env, "CartPole-v1", 1, "test-eval", seed=3)
     assert len(returns) == 1 and returns[0] >= 1
