@@ -304,22 +304,54 @@ def test_capture_video_records_env_zero(tmp_path, monkeypatch):
     assert not isinstance(other.env, gym.wrappers.RecordVideo)
 
 
-def test_drop_overwritten_keeps_the_resumed_points():
-    # benchmark/plot_curves.py: a run resumed at step 6 re-logs from there; the first file's points >= 6 are dropped
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmark"))
-    from plot_curves import drop_overwritten
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmark")
 
+
+def _plot_module():
+    sys.path.insert(0, BENCH)
+    import plot  # benchmark/plot.py, the plotting entry point of benchmark/<algo>.sh
+
+    return plot
+
+
+def test_drop_overwritten_keeps_the_resumed_points():
+    # benchmark/plot.py: a run resumed at step 6 re-logs from there; the first file's points >= 6 are dropped
+    drop_overwritten = _plot_module().drop_overwritten
     x = np.array([1, 5, 9, 12, 6, 8, 13])
     kept_x, kept_y = drop_overwritten(x, 10 * x)
     assert kept_x.tolist() == [1, 5, 6, 8, 13] and kept_y.tolist() == [10, 50, 60, 80, 130]
     assert drop_overwritten(np.array([1, 2, 2, 3]), np.arange(4))[0].tolist() == [1, 2, 2, 3]  # no resume: unchanged
 
 
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmark")
-MODULES = {"random_batch.py", "saved_agent.py"}  # imported by other benchmark scripts, not run
+def test_plot_summary_numbers():
+    # the numbers the docs quote from benchmark/plot.py: first episode >= target, first 10-episode mean >= target, bins
+    plot = _plot_module()
+    x = np.arange(1, 13) * 100  # episodes ending at steps 100 .. 1200
+    y = np.array([10, 500, 390] + [400] * 9, float)
+    # 10-episode means: y[0:10] -> 370, y[1:11] -> 409, y[2:12] -> 399; the first episode >= 400 ends at x[1] = 200
+    assert plot.first_sustained(x, y, 400) == (200, 1100)  # y[1:11]: its 10th episode ends at x[10] = 1100
+    assert plot.first_sustained(x, y, 410) == (200, None)
+    assert plot.first_sustained(x, y, 501) == (None, None)
+    rows = plot.bins(x, y, 500)  # [0, 500): 10, 500, 390, 400; [500, 1000): 5 x 400; [1000, 1500): 3 x 400
+    assert [r["n"] for r in rows] == [4, 5, 3] and rows[0]["mean"] == 325.0 and rows[1]["se"] == 0.0
+    assert rows[0]["se"] == round(float(np.std([10, 500, 390, 400], ddof=1) / 2), 2)
+    s = plot.summarize(x, y, evals=np.array([500.0, 480.0]), target=400)
+    assert s["last10_mean"] == 399.0 and s["eval_mean"] == 490.0 and s["eval_std"] == 10.0
+    assert s["last10pct_mean"] == 400.0 and s["target"] == {"value": 400, "first_episode_at": 200, "mean10_at": 1100}
 
 
-@pytest.mark.parametrize("script", sorted(f for f in os.listdir(BENCH) if f.endswith((".py", ".sh")) and f not in MODULES))
+# every benchmark script (top level, speed/, probes/); benchmark/parity/ has its own tests
+BENCH_DIRS = ("", "speed", "probes")
+MODULES = {"speed/random_batch.py", "probes/saved_agent.py"}  # imported by other benchmark scripts, not run
+SCRIPTS = sorted(
+    os.path.join(d, f)
+    for d in BENCH_DIRS
+    for f in os.listdir(os.path.join(BENCH, d))
+    if f.endswith((".py", ".sh")) and os.path.join(d, f) not in MODULES
+)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_benchmark_scripts_answer_help(script):
     """Every benchmark script prints its usage on --help and exits 0, without starting a measurement."""
     cmd = [sys.executable if script.endswith(".py") else "bash", os.path.join(BENCH, script), "--help"]
