@@ -6,9 +6,10 @@
 #   bash benchmark/thick.sh crafter     # Crafter, 1m preset, beta 100: the twin of `bash benchmark/dreamerv3.sh crafter`
 #   bash benchmark/thick.sh sparsity    # offline beta sweep on random-policy Crafter data (about 45 min)
 #   bash benchmark/thick.sh alignment   # event alignment of the crafter run's checkpoint (needs that run)
+#   bash benchmark/thick.sh speed       # update time of THICK against DreamerV3 at 12m (thick_update_time.jsonl)
 #   bash benchmark/thick.sh plot        # thick_cartpole.{png,json}, thick_crafter.{png,json} (the latter with the
 #                                       # DreamerV3 runs of `bash benchmark/dreamerv3.sh crafter`, seeds 1 and 2)
-#   bash benchmark/thick.sh             # cartpole, crafter, sparsity, alignment, plot, one after the other
+#   bash benchmark/thick.sh             # all of the above, one after the other
 #   SEEDS="1" bash benchmark/thick.sh cartpole   # other seeds; flags after the group go to every run
 # beta (--sparse-scale) is chosen per environment as docs/thick.md describes; 100 was the choice for these Crafter runs.
 case "${1:-}" in -h | --help) sed -n "2,/^set /{/^#/p}" "$0"; exit 0 ;; esac  # --help: the comments above
@@ -16,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 GROUP="${1:-all}"
 shift || true
-case "$GROUP" in cartpole | crafter | sparsity | alignment | plot | all) ;; *)
+case "$GROUP" in cartpole | crafter | sparsity | alignment | speed | plot | all) ;; *)
   echo "error: unknown group '$GROUP' (see --help)" >&2; exit 2 ;; esac
 mkdir -p runs/logs runs/probes
 ONE_THREAD="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"  # one XLA thread: one core per run
@@ -55,6 +56,12 @@ alignment() {
     --steps 3000 --out runs/probes/thick_alignment_r32_beta100 "$@"
 }
 
+speed() {
+  # DreamerV3 and THICK alternating, Crafter shapes, batch 16 x 64, 4 timed updates per process, twice; nothing else
+  # should run on the machine (docs/notes/cpu-update-time.md)
+  SIZE=12m UPDATES=4 REPEATS=2 bash benchmark/speed/update_time.sh "$@"
+}
+
 plot() {
   python benchmark/plot.py --runs "runs/CartPole-v1__thick_cartpole_debug__*" --labels THICK --target 400 \
     --baseline 22.3 --panels thick/acting_change_rate thick/v_long_mean --title "thick_dreamer_jax.py, CartPole-v1 (debug)" \
@@ -68,6 +75,6 @@ plot() {
 }
 
 case "$GROUP" in
-  cartpole | crafter | sparsity | alignment | plot) "$GROUP" "$@" ;;
-  all) cartpole "$@"; crafter "$@"; sparsity; alignment; plot ;;
+  cartpole | crafter | sparsity | alignment | speed | plot) "$GROUP" "$@" ;;
+  all) cartpole "$@"; crafter "$@"; sparsity; alignment; speed; plot ;;
 esac

@@ -7,7 +7,7 @@
 #   COARSE_DEC_DEPTH=4 bash benchmark/speed/update_time.sh       # + THICK with the cheaper coarse decoder (depth 4)
 #   JEMALLOC=1 bash benchmark/speed/update_time.sh               # under jemalloc (apt install libjemalloc2), which keeps
 #                                                                # freed pages: no page faults per update
-#                                                                # (docs/dreamerv3.md, "Speed: details")
+#                                                                # (docs/notes/cpu-update-time.md)
 case "${1:-}" in -h | --help) sed -n "2,/^set /{/^#/p}" "$0"; exit 0 ;; esac  # --help: the comments above
 set -euo pipefail
 cd "$(dirname "$0")/../.."
