@@ -28,45 +28,47 @@ RTOL = 1e-5  # float32, relative to the largest magnitude of the reference tenso
 ATOL = 1e-7  # for reference tensors that are exactly zero (no path from the loss to that input)
 
 # THIX parameter name (dreamerv3/nets/crssm.py, CRSSM named "dyn")  ->  path in thick_dreamer_jax's params["rssm"]
-PARAM_MAP = {  # fmt: skip
-    "dyn/stochproj/kernel": "embed_z/Linear_0/kernel",  # z_{t-1} embedding (Linear -> RMSNorm -> SiLU)
-    "dyn/stochproj/bias": "embed_z/Linear_0/bias",
-    "dyn/stochproj/norm/scale": "embed_z/NormSiLU_0/scale",
-    "dyn/actionproj/kernel": "embed_a/Linear_0/kernel",  # a_{t-1} embedding
-    "dyn/actionproj/bias": "embed_a/Linear_0/bias",
-    "dyn/actionproj/norm/scale": "embed_a/NormSiLU_0/scale",
-    "dyn/coarse/update/kernel": "gate/kernel",  # GateL0RD: one Linear, [gate | candidate]
-    "dyn/coarse/update/bias": "gate/bias",
-    "dyn/dynin0/kernel": "embed_h/Linear_0/kernel",  # GRU input embeddings of h_{t-1} and c_t
-    "dyn/dynin0/bias": "embed_h/Linear_0/bias",
-    "dyn/dynin0/norm/scale": "embed_h/NormSiLU_0/scale",
-    "dyn/dynin3/kernel": "embed_c/Linear_0/kernel",
-    "dyn/dynin3/bias": "embed_c/Linear_0/bias",
-    "dyn/dynin3/norm/scale": "embed_c/NormSiLU_0/scale",
-    "dyn/dyn0/kernel": "core_hidden/kernel",  # block-GRU: block linear -> RMSNorm -> SiLU
-    "dyn/dyn0/bias": "core_hidden/bias",
-    "dyn/dyn0/norm/scale": "core_norm/scale",
-    "dyn/dyncore/kernel": "core_gates/kernel",  # block linear to [reset | candidate | update]
-    "dyn/dyncore/bias": "core_gates/bias",
-    "dyn/img0/kernel": "prior_layers_0/Linear_0/kernel",  # prior p(z_t | h_t, c_t): 2 layers + logits
-    "dyn/img0/bias": "prior_layers_0/Linear_0/bias",
-    "dyn/img0/norm/scale": "prior_layers_0/NormSiLU_0/scale",
-    "dyn/img1/kernel": "prior_layers_1/Linear_0/kernel",
-    "dyn/img1/bias": "prior_layers_1/Linear_0/bias",
-    "dyn/img1/norm/scale": "prior_layers_1/NormSiLU_0/scale",
-    "dyn/imglogit/kernel": "prior_out/kernel",
-    "dyn/imglogit/bias": "prior_out/bias",
-    "dyn/obs0/kernel": "post_layer/Linear_0/kernel",  # posterior q(z_t | h_t, c_t, e_t): 1 layer + logits
-    "dyn/obs0/bias": "post_layer/Linear_0/bias",
-    "dyn/obs0/norm/scale": "post_layer/NormSiLU_0/scale",
-    "dyn/obslogit/kernel": "post_out/kernel",
-    "dyn/obslogit/bias": "post_out/bias",
+# fmt: off
+PARAM_MAP = {
+    "dyn/stochproj/kernel":       "embed_z/Linear_0/kernel",           # z_{t-1} embedding (Linear -> RMSNorm -> SiLU)
+    "dyn/stochproj/bias":         "embed_z/Linear_0/bias",
+    "dyn/stochproj/norm/scale":   "embed_z/NormSiLU_0/scale",
+    "dyn/actionproj/kernel":      "embed_a/Linear_0/kernel",           # a_{t-1} embedding
+    "dyn/actionproj/bias":        "embed_a/Linear_0/bias",
+    "dyn/actionproj/norm/scale":  "embed_a/NormSiLU_0/scale",
+    "dyn/coarse/update/kernel":   "gate/kernel",                       # GateL0RD: one Linear, [gate | candidate]
+    "dyn/coarse/update/bias":     "gate/bias",
+    "dyn/dynin0/kernel":          "embed_h/Linear_0/kernel",           # GRU input embeddings of h_{t-1} and c_t
+    "dyn/dynin0/bias":            "embed_h/Linear_0/bias",
+    "dyn/dynin0/norm/scale":      "embed_h/NormSiLU_0/scale",
+    "dyn/dynin3/kernel":          "embed_c/Linear_0/kernel",
+    "dyn/dynin3/bias":            "embed_c/Linear_0/bias",
+    "dyn/dynin3/norm/scale":      "embed_c/NormSiLU_0/scale",
+    "dyn/dyn0/kernel":            "core_hidden/kernel",                # block-GRU: block linear -> RMSNorm -> SiLU
+    "dyn/dyn0/bias":              "core_hidden/bias",
+    "dyn/dyn0/norm/scale":        "core_norm/scale",
+    "dyn/dyncore/kernel":         "core_gates/kernel",                 # block linear to [reset | candidate | update]
+    "dyn/dyncore/bias":           "core_gates/bias",
+    "dyn/img0/kernel":            "prior_layers_0/Linear_0/kernel",    # prior p(z_t | h_t, c_t): 2 layers + logits
+    "dyn/img0/bias":              "prior_layers_0/Linear_0/bias",
+    "dyn/img0/norm/scale":        "prior_layers_0/NormSiLU_0/scale",
+    "dyn/img1/kernel":            "prior_layers_1/Linear_0/kernel",
+    "dyn/img1/bias":              "prior_layers_1/Linear_0/bias",
+    "dyn/img1/norm/scale":        "prior_layers_1/NormSiLU_0/scale",
+    "dyn/imglogit/kernel":        "prior_out/kernel",
+    "dyn/imglogit/bias":          "prior_out/bias",
+    "dyn/obs0/kernel":            "post_layer/Linear_0/kernel",        # posterior q(z_t | h_t, c_t, e_t): 1 layer + logits
+    "dyn/obs0/bias":              "post_layer/Linear_0/bias",
+    "dyn/obs0/norm/scale":        "post_layer/NormSiLU_0/scale",
+    "dyn/obslogit/kernel":        "post_out/kernel",
+    "dyn/obslogit/bias":          "post_out/bias",
     # coarse prior: the same hidden layer and logits, but a different input (test_coarse_prior_documented_difference)
-    "dyn/coarse0/bias": "coarse_layer/Linear_0/bias",
-    "dyn/coarse0/norm/scale": "coarse_layer/NormSiLU_0/scale",
-    "dyn/coarselogit/kernel": "coarse_out/kernel",
-    "dyn/coarselogit/bias": "coarse_out/bias",
+    "dyn/coarse0/bias":           "coarse_layer/Linear_0/bias",
+    "dyn/coarse0/norm/scale":     "coarse_layer/NormSiLU_0/scale",
+    "dyn/coarselogit/kernel":     "coarse_out/kernel",
+    "dyn/coarselogit/bias":       "coarse_out/bias",
 }
+# fmt: on
 # THIX's coarse prior reads the GateL0RD cell's output head y = sigmoid(W_o [x, c_t]) * tanh(W_p [x, c_t]) (C wide);
 # ours reads [c_t, emb z_{t-1}, emb a_{t-1}] (C + 2 hidden wide) and has no output head.
 THIX_ONLY = {"dyn/coarse/out/kernel", "dyn/coarse/out/bias", "dyn/coarse0/kernel"}
@@ -82,27 +84,11 @@ def gold():
 @pytest.fixture(scope="module")
 def agent(gold):
     deter, hidden, stoch, classes, ctx, blocks, embed, act = gold["meta/sizes"].tolist()
-    size = td.SIZES["debug"]  # the goldens are written at this preset's sizes
-    assert (size["deter"], size["hidden"], size["stoch"], size["classes"], size["units"]) == (
-        deter,
-        hidden,
-        stoch,
-        classes,
-        embed,
-    )
+    size = td.SIZES["debug"]  # the goldens are written at this preset's sizes (units = the encoder's output width)
+    assert [size[k] for k in ("deter", "hidden", "stoch", "classes", "units")] == [deter, hidden, stoch, classes, embed]
     noise, unimix, free, sparse_free = gold["meta/constants"].tolist()
-    args = td.Args(
-        env_id="CartPole-v1",
-        model_size="debug",
-        batch_size=2,
-        batch_length=12,
-        context_dim=ctx,
-        gate_noise=noise,
-        latent_unimix=unimix,
-        free_nats=free,
-        sparse_free=sparse_free,
-        horizon=333,
-    )
+    thick = dict(context_dim=ctx, gate_noise=noise, latent_unimix=unimix, free_nats=free, sparse_free=sparse_free)
+    args = td.Args(env_id="CartPole-v1", model_size="debug", batch_size=2, batch_length=12, horizon=333, **thick)
     assert blocks == td.RSSM.blocks
     return td.Agent(args, gym.spaces.Box(-np.inf, np.inf, (4,), np.float32), gym.spaces.Box(-1, 1, (act,), np.float32))
 
@@ -141,7 +127,7 @@ def unfreeze(tree):
 
 
 def our_params(gold, agent):
-    """THIX's parameters put into our tree (the coarse prior's kernel keeps our init: its input differs)."""
+    """THIX's parameters put into our tree (the coarse prior's kernel, whose input differs, stays zero)."""
     p = rssm_init(agent, gold)
     for ref, ours in PARAM_MAP.items():
         put(p, ours, gold[f"param/{ref}"])
@@ -178,16 +164,8 @@ def gate_eps(monkeypatch, gold):
 
 def our_step(agent, p, x):
     """One observe step of our C-RSSM (Agent.observe with T = 1) and the prior of its (h_t, c_t)."""
-    h, _, post, thick = agent.observe(
-        {"rssm": p},
-        x["deter"],
-        x["stoch"],
-        x["context"],
-        x["embed"][:, None],
-        x["action"][:, None],
-        x["reset"][:, None],
-        jax.random.PRNGKey(1),
-    )
+    seq = [x[k][:, None] for k in ("embed", "action", "reset")]  # (B, T = 1, ...)
+    h, _, post, thick = agent.observe({"rssm": p}, x["deter"], x["stoch"], x["context"], *seq, jax.random.PRNGKey(1))
     h, post, c, theta = h[:, 0], post[:, 0], thick["c"][:, 0], thick["theta"][:, 0]
     return {"deter": h, "logit": post, "context": c, "coarse_gates": theta, "prior_logit": agent.prior({"rssm": p}, h, c)}
 
@@ -202,12 +180,9 @@ def step_grads(agent, gold, p, full: bool):
 
     def loss(p, inputs):
         o = our_step(agent, p, x | inputs)
-        total = jnp.sum(w["gates"] * o["coarse_gates"]) + jnp.sum(w["context"] * o["context"])
-        if full:
-            total += (
-                jnp.sum(w["deter"] * o["deter"]) + jnp.sum(w["logit"] * o["logit"]) + jnp.sum(w["prior"] * o["prior_logit"])
-            )
-        return total
+        pairs = [("gates", "coarse_gates"), ("context", "context")]
+        pairs += [("deter", "deter"), ("logit", "logit"), ("prior", "prior_logit")] if full else []
+        return sum(jnp.sum(w[a] * o[b]) for a, b in pairs)
 
     return jax.jit(jax.grad(loss, argnums=(0, 1)))(p, {k: x[k] for k in STEP_INPUTS})
 
@@ -357,19 +332,8 @@ def tg_gold():
 def our_targets(g, ev, action):
     B, T = g["in/reward"].shape
     gamma = 1.0 - 1.0 / int(g["in/horizon"])  # Agent.gamma: THIX's discount 1 - 1/horizon
-    return jax.tree.map(
-        np.asarray,
-        td.extract_targets(
-            jnp.asarray(ev),
-            jnp.asarray(g["in/is_first"]),
-            jnp.asarray(g["in/logit"]),
-            jnp.asarray(g["in/stoch"].reshape(B, T, -1)),
-            jnp.asarray(g["in/context"]),
-            jnp.asarray(action),
-            jnp.asarray(g["in/reward"]),
-            gamma,
-        ),
-    )
+    inputs = (ev, g["in/is_first"], g["in/logit"], g["in/stoch"].reshape(B, T, -1), g["in/context"], action, g["in/reward"])
+    return jax.tree.map(np.asarray, td.extract_targets(*map(jnp.asarray, inputs), gamma))
 
 
 def events(g):

@@ -211,7 +211,7 @@ def main():
         carry, outs = dyn.observe(carry, action, embed, reset)
         return outs, dyn._prior(outs["deter"], outs["context"])
 
-    # ---------------------------------------------------------------------------------------------------- parameters
+    # ------------------------------------------------------------------------ inputs of one observe step, parameters
     B = 4
     step_in = {
         "deter": f32(rng.uniform(-1, 1, (B, DETER))),
