@@ -1249,6 +1249,42 @@ def _imagine_loop(level, state, logits, code, horizon, xs, hs, acts, rews, conts
     return torch.stack(xs), torch.stack(hs), torch.stack(acts), torch.stack(rews), torch.stack(conts)
 
 
+def behavior_losses(level, xs, acts, rewards, cont, args, autocast, metrics):
+    """Critic loss (summed over the reward heads) and actor loss of one level on an imagined trajectory, DreamerV3's
+    with one critic per reward head (the original's ImagBehavior): xs (K+1, N, F) actor/critic inputs, acts (K, N, A)
+    the sampled actions, rewards {head: (K+1, N)} and cont (K+1, N) of the states s_0..s_K. Writes its diagnostics
+    (the entropy and the mixed advantage among them) into `metrics`."""
+    disc = args.gamma * cont  # (K+1, N)
+    # DreamerV3 indexing: the step s_k -> s_{k+1} earns r(s_{k+1}) and continues with c(s_{k+1}); the original: s_k
+    sl = slice(None, -1) if args.original_return_indexing else slice(1, None)
+    weight = imagination_weight(disc, args.gamma, args.original_return_indexing).detach()  # (K, N)
+    # --- critics (one per head) and advantages ---
+    adv_mix, critic_loss = 0.0, 0.0
+    with autocast():
+        for head in level.heads:
+            logits = level.critics[head](xs).float()  # (K+1, N, 255)
+            value = TwoHot(logits).mean().detach()
+            ret = lambda_return(rewards[head][sl], disc[sl], value, args.lmbda)  # (K, N)
+            scale = level.retnorms[head].update(ret)
+            adv = (ret - value[:-1]) / (1.0 if args.raw_advantage else scale)
+            adv_mix = adv_mix + level.weights[head] * adv
+            slow = TwoHot(level.slow_critics[head](xs[:-1]).float()).mean().detach()
+            dist = TwoHot(logits[:-1])
+            head_loss = -(weight * (dist.log_prob(ret.detach()) + dist.log_prob(slow))).mean()
+            critic_loss = critic_loss + head_loss
+            metrics[f"critic_{head}"] = head_loss.detach()
+            metrics[f"imag_{head[:3] if head == 'extrinsic' else head}_reward"] = rewards[head][sl].mean()  # the ones used
+            metrics[f"return_scale_{head}"] = scale
+            metrics[f"value_{head}"] = value.mean()
+        adv_mix = adv_mix / sum(level.weights[h] for h in level.heads)
+        # --- actor: REINFORCE with the mixed advantage and an entropy bonus ---
+        dist = level.actor.dist(xs[:-1])
+        logp, ent = level.actor.log_prob(dist, acts), level.actor.entropy(dist)
+        actor_loss = -(weight * (logp * adv_mix.detach() + args.entropy_coef * ent)).mean()
+    metrics.update(entropy=ent.mean().detach(), advantage=adv_mix.mean().detach())
+    return actor_loss, critic_loss
+
+
 def train_level(level, opts, sched, batch, args, loss_fn, autocast):
     """One update of one level from a replay batch (dict of (B, T, ...) tensors). Returns metrics as tensors."""
     b, t = batch["reward"].shape
@@ -1278,33 +1314,7 @@ def train_level(level, opts, sched, batch, args, loss_fn, autocast):
     if "novelty" in level.heads:
         with torch.no_grad():
             rewards["novelty"] = novelty_reward(level.ae, hs)
-    disc = args.gamma * cont  # (K+1, N)
-    # DreamerV3 indexing: the step s_k -> s_{k+1} earns r(s_{k+1}) and continues with c(s_{k+1}); the original: s_k
-    sl = slice(None, -1) if args.original_return_indexing else slice(1, None)
-    weight = imagination_weight(disc, args.gamma, args.original_return_indexing).detach()  # (K, N)
-    # --- critics (one per head) and advantages ---
-    adv_mix, critic_loss = 0.0, 0.0
-    with autocast():
-        for head in level.heads:
-            logits = level.critics[head](xs).float()  # (K+1, N, 255)
-            value = TwoHot(logits).mean().detach()
-            ret = lambda_return(rewards[head][sl], disc[sl], value, args.lmbda)  # (K, N)
-            scale = level.retnorms[head].update(ret)
-            adv = (ret - value[:-1]) / (1.0 if args.raw_advantage else scale)
-            adv_mix = adv_mix + level.weights[head] * adv
-            slow = TwoHot(level.slow_critics[head](xs[:-1]).float()).mean().detach()
-            dist = TwoHot(logits[:-1])
-            head_loss = -(weight * (dist.log_prob(ret.detach()) + dist.log_prob(slow))).mean()
-            critic_loss = critic_loss + head_loss
-            metrics[f"critic_{head}"] = head_loss.detach()
-            metrics[f"imag_{head[:3] if head == 'extrinsic' else head}_reward"] = rewards[head][sl].mean()  # the ones used
-            metrics[f"return_scale_{head}"] = scale
-            metrics[f"value_{head}"] = value.mean()
-        adv_mix = adv_mix / sum(level.weights[h] for h in level.heads)
-        # --- actor: REINFORCE with the mixed advantage and an entropy bonus ---
-        dist = level.actor.dist(xs[:-1])
-        logp, ent = level.actor.log_prob(dist, acts), level.actor.entropy(dist)
-        actor_loss = -(weight * (logp * adv_mix.detach() + args.entropy_coef * ent)).mean()
+    actor_loss, critic_loss = behavior_losses(level, xs, acts, rewards, cont, args, autocast, metrics)
     opts["actor"].zero_grad(set_to_none=True)
     actor_loss.backward()
     nn.utils.clip_grad_norm_(level.actor.parameters(), 100.0)
@@ -1317,8 +1327,7 @@ def train_level(level, opts, sched, batch, args, loss_fn, autocast):
     with torch.no_grad():  # slow critic: EMA with mix 0.02 every update
         for p_slow, p in zip(level.slow_critics.parameters(), level.critics.parameters(), strict=True):
             p_slow.lerp_(p, args.slow_critic_mix)
-    metrics.update(actor=actor_loss.detach(), entropy=ent.mean().detach(), critic=critic_loss.detach(),
-                   advantage=adv_mix.mean().detach())  # fmt: skip
+    metrics.update(actor=actor_loss.detach(), critic=critic_loss.detach())
     # --- subgoal autoencoder on the imagined deters (detached) ---
     if level.ae is not None:
         with autocast():
