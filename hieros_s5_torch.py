@@ -1,7 +1,8 @@
 # docs and experiment results can be found at docs/hieros.md
 #
 # HIEROS: Hierarchical Imagination on Structured State Space Sequence World Models (Mattes, Schlosser, Herbrich;
-# arXiv 2310.05167, ICML 2024) in one PyTorch file, CleanRL style. Spec: shared/specs/hieros.md.
+# arXiv 2310.05167, ICML 2024) in one PyTorch file, CleanRL style. Reference code: Snagnar/Hieros@ab4c593 (numerical
+# parity checked by tests/test_parity_hieros.py).
 #
 # Usage
 #   python hieros_s5_torch.py --env-id atari100k_pong                                 # paper config, 3 levels (GPU!)
@@ -12,12 +13,13 @@
 #   python hieros_s5_torch.py --evaluate runs/<run>/hieros_s5_torch.cleanrl_model --env-id crafter --eval-episodes 5
 #   python hieros_s5_torch.py --resume runs/<run>/checkpoint.pt --env-id crafter ...  # same flags as the first run
 #
-# Decisions (spec section 0). The paper run, not the HEAD defaults of Snagnar/Hieros: ETBS replay with temperature
+# Decisions. The paper run, not the HEAD defaults of Snagnar/Hieros: ETBS replay with temperature
 # 0.3, S5 dropout 0.1, MLP 2x512 for levels >= 1, 3 levels acting/training every 4^L steps, 8x8 subgoal codes,
 # reward weights 1.0/0.3/0.1 with novelty only at levels >= 1, batch 16x64, train ratio 1024, horizon 16, fp32.
-# Bugs of the original, fixed by default, each reproducible with a flag:
+# Bugs of the original, fixed by default, each reproducible with a flag (tests/test_parity_hieros.py: with the flag the
+# numbers are the original's):
 #   action alignment in observe()   fixed: the S5 input at t is a_{t-1}           --no-action-shift
-#   lambda-return indexing          fixed: r and c of s_{t+1} (DreamerV3)         --original-return-indexing
+#   lambda-return indexing          DreamerV3's convention: r, c of s_{t+1}       --original-return-indexing
 #   ETBS scale M                    fixed: M = current replay size                --etbs-max-len capacity
 #   actor advantage                 fixed: each head / max(1, p95 - p5)          --raw-advantage
 # Open quirks of the original, decided here (see docs/hieros.md "Implementation details"):
@@ -27,6 +29,10 @@
 #   AdamW weight decay: 0 by default (the original inherited torch's 0.01 implicitly); --weight-decay 0.01.
 #   time limits: `truncated` is not terminal (common/ gives is_terminal = terminated only).
 #   one-step lag of the latent handed up a level: removed (levels filter bottom-up, then decide top-down).
+#   straight-through gradient of a mode (z_init of the learned initial state, the autoencoder's code): through the
+#   probabilities, as every sample (the original's OneHotDist.mode: through the log-probabilities).
+#   imagination horizon K: K imagined steps, all trained; the original's K imagines K states and trains K - 1 steps
+#   (its last state only bootstraps), so its 16 is our --imag-horizon 15.
 # Deliberate deviation: the actor output layer of every level starts scaled by 0.01 as DreamerV3's policy (a near-uniform
 # first policy; the original's full-scale init is nearly deterministic): --actor-init-scale 1 restores the original.
 import collections
@@ -199,7 +205,8 @@ class Args:
     """torch intra-op CPU threads (0 = torch's default, except 1 for the debug preset: tiny ops lose to thread overhead)"""
 
 
-# Size presets (spec section 4 "paper run"). `small` is a CartPole-scale model, `debug` the tiny one of tests and CI.
+# Size presets. `paper`: the paper run (Snagnar/Hieros experiments/atari100k_sweep.yml over configs.yaml); `small` is a
+# CartPole-scale model, `debug` the tiny one of tests and CI.
 SIZES = {
     "debug": dict(stoch=4, classes=4, deter=16, hidden=16, s5_width=16, s5_state=8, s5_init_blocks=2, s5_blocks=1,
                   cnn_depth=4, mlp_units=32, mlp_layers=1, head_units=32, head_layers=1),
@@ -593,7 +600,7 @@ class MLPDecoder(nn.Module):
 
 
 # ======================================================================================================================
-# 4. S5WM: the S5 world model (spec 1.4-1.5)
+# 4. S5WM: the S5 world model (Snagnar/Hieros:hieros/networks.py Seq2SeqDynamics)
 # ======================================================================================================================
 
 
@@ -694,7 +701,7 @@ class S5WM(nn.Module):
 
 
 # ======================================================================================================================
-# 5. Actor, critics, return normalisation, lambda-returns (spec 1.7)
+# 5. Actor, critics, return normalisation, lambda-returns (Snagnar/Hieros:hieros/models.py ImagBehavior)
 # ======================================================================================================================
 
 
@@ -799,7 +806,7 @@ def imagination_weight(disc, gamma, original_indexing=False):
 
 
 # ======================================================================================================================
-# 6. Subgoals: the autoencoder, max-cosine subgoal reward, novelty reward (spec 2.3-2.5)
+# 6. Subgoals: the autoencoder, max-cosine subgoal reward, novelty reward (hieros/models.py, hieros/hieros.py)
 # ======================================================================================================================
 
 
@@ -845,7 +852,7 @@ def novelty_reward(ae, h):
 
 
 # ======================================================================================================================
-# 7. One level of the hierarchy, the agent, and the acting loop (spec 2.1, 2.2, 2.6)
+# 7. One level of the hierarchy, the agent, and the acting loop (Snagnar/Hieros:hieros/hieros.py Hieros, SubActor)
 # ======================================================================================================================
 
 
@@ -951,7 +958,7 @@ class HierarchyRunner:
     an episode started in that window, and the goal (decoded with level L's own autoencoder) and the code it was
     conditioned on.
 
-    Per-env clocks and episode ends (a deviation from the original and spec 2.6, where one global clock t decides for
+    Per-env clocks and episode ends (a deviation from the original's Hieros.policy, where one global clock t decides for
     all envs, so that level L >= 1 saw an env's episode end only when it fell on one of its decision steps, 1 in
     every^L ends, and lost the reward after its last decision): each env has its own clock, restarted at its episode
     start, and the last step of an episode is a decision step of every level, so the level's last record of the episode
@@ -994,8 +1001,8 @@ class HierarchyRunner:
         # host-to-device copies before any kernel of this step is queued (a pageable copy waits for the stream)
         masks = {i: torch.as_tensor(decide[i], device=self.device) for i in active}
         rows = {i: torch.as_tensor(np.flatnonzero(decide[i]), device=self.device) for i in active}  # the deciding envs
-        # an episode start drops what the last episode left unreported and the held subgoal codes (spec 2.6: masked
-        # until the level above decides again; level 0's previous action is masked in obs_step as well)
+        # an episode start drops what the last episode left unreported and the held subgoal codes (as the original:
+        # masked until the level above decides again; level 0's previous action is masked in obs_step as well)
         self.reward_acc = torch.where(is_first[None], torch.zeros_like(self.reward_acc), self.reward_acc)
         self.last_action = [torch.where(is_first[:, None], torch.zeros_like(a), a) for a in self.last_action]
         self.reward_acc += reward.float()[None] / self.periods[:, None]  # level-L reward = mean r over its window
@@ -1048,7 +1055,7 @@ def env_action(action, space):
 
 
 # ======================================================================================================================
-# 8. Replay: sequences with stride 1, ETBS or uniform (spec 3)
+# 8. Replay: sequences with stride 1, ETBS or uniform (Snagnar/Hieros:embodied/replay/selectors.py)
 # ======================================================================================================================
 
 
@@ -1191,7 +1198,7 @@ def replay_spec(level, obs_space):
 
 
 # ======================================================================================================================
-# 9. Training one level: world model, imagination, actor-critic per reward head, subgoal autoencoder (spec 1.4, 1.7, 2.7)
+# 9. Training one level: world model, imagination, actor-critic per reward head, subgoal autoencoder (SubActor._train)
 # ======================================================================================================================
 
 
@@ -1226,7 +1233,7 @@ def wm_loss(wm, obs, action, reward, is_first, is_terminal, args, episode_first=
 
 @torch.no_grad()
 def imagine(level, start, logits, code, horizon):
-    """Roll the prior K steps from every start state with a_k ~ pi(s_k, code); the code stays fixed (spec 2.4).
+    """Roll the prior K steps from every start state with a_k ~ pi(s_k, code); the code stays fixed (as the original).
     Returns actor inputs (K+1, N, F), deters (K+1, N, D), actions (K, N, A), reward and continue means (K+1, N).
 
     The world model imagines (and predicts the imagined rewards) in eval mode, i.e. without dropout: the trajectory is
@@ -1611,7 +1618,7 @@ def main(args):
             while credit >= 1.0:
                 credit -= 1.0
                 for i, (lv, (opts, sched)) in enumerate(zip(agent.levels, optims, strict=True)):
-                    # spec 2.7: a level trains on its 4^L-th calls, once its replay holds a batch of keys
+                    # a level trains on its 4^L-th calls (the original's Hieros.train), once its replay holds a batch
                     if not level_trains(n_train_calls, i, args.subactor_train_every) or len(replays[i]) < args.batch_size:
                         continue
                     m = train_level(

@@ -1,4 +1,5 @@
-"""Tests of hieros_s5_torch.py: the properties of spec hieros.md section 7 (values, not only shapes) plus smoke runs.
+"""Tests of hieros_s5_torch.py: properties of the S5 layer, the world model, the hierarchy and ETBS (values, not only
+shapes), plus smoke runs. Numerical parity with the original code is in tests/test_parity_hieros.py.
 
 Run: .venv/bin/python -m pytest tests/test_hieros.py -q
 """
@@ -46,7 +47,7 @@ def random_ssm(h_dim=5, p=8, j=2):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# S5 / scan (spec 7.1-7.7)
+# S5 / scan
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -176,7 +177,7 @@ def test_batch_independence():
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# World model (spec 7.8-7.11)
+# World model
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -228,7 +229,8 @@ def test_initial_state_reproduced_at_is_first():
 
 
 def test_learned_initial_state_gets_gradient():
-    """initial: learned (spec 1.4): z_init = mode(prior(GELU(W))) carries a straight-through gradient back to W."""
+    """initial: learned (the original's Seq2SeqDynamics.initial): z_init = mode(prior(GELU(W))) carries a
+    straight-through gradient back to W."""
     torch.manual_seed(8)
     agent, args = debug_agent()
     wm = agent.levels[0].wm
@@ -374,7 +376,7 @@ def test_imagination_weight_values():
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Hierarchy (spec 7.12-7.16)
+# Hierarchy
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -607,7 +609,7 @@ def test_imagination_is_deterministic_given_its_noise(monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# ETBS (spec 7.17-7.21)
+# ETBS
 # ----------------------------------------------------------------------------------------------------------------------
 
 

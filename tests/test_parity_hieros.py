@@ -467,7 +467,8 @@ def our_behavior(g, **flags):
         xs, _, _ = level.ac_input(state, torch.as_tensor(g["behavior/in/logit"]), code)  # (K, N, F + 64)
     rewards = {head: torch.as_tensor(g[f"behavior/in/reward_{head}"])[..., 0] for head in HEADS}
     cont = torch.as_tensor(g["behavior/in/cont"])[..., 0]
-    acts = torch.as_tensor(g["behavior/in/action"])[:-1]  # the reference also samples an action at the last state
+    # the reference's imag_horizon 6 is our 5: 6 states, 5 trained steps (it also samples an action at the last state)
+    acts = torch.as_tensor(g["behavior/in/action"])[:-1]
     metrics = {}
     actor_loss, critic_loss = h.behavior_losses(level, xs, acts, rewards, cont, a, contextlib.nullcontext, metrics)
     actor_loss.backward()

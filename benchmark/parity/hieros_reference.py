@@ -409,7 +409,7 @@ def behavior_goldens(mods, torch, rng):
     perturb(beh, torch)
     for head in beh._slow_values:  # a slow critic that differs from the critic
         perturb(beh._slow_values[head], torch)
-    k, b, t = 6, 2, 3  # the reference imagines K = 6 states s_0..s_5 (and trains on 5 steps); N = B * T = 6 starts
+    k, b, t = 6, 2, 3  # imag_horizon 6: the reference's _imagine gives K = 6 states s_0..s_5, trains 5 steps; N = 6
     n = b * t
     with torch.no_grad():
         logit = torch.randn(k, n, STOCH, CLASSES)
