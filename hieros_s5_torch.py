@@ -7,8 +7,8 @@
 # Usage
 #   python hieros_s5_torch.py --env-id atari100k_pong                                 # paper config, 3 levels (GPU!)
 #   python hieros_s5_torch.py --env-id crafter --total-timesteps 1000000
-#   python hieros_s5_torch.py --env-id CartPole-v1 --model-size small --max-hierarchy 1 --train-ratio 64 \
-#       --batch-size 16 --batch-length 32 --total-timesteps 30000 --actor-lr 1e-4 --critic-lr 1e-4 --model-lr 3e-4
+#   python hieros_s5_torch.py --env-id CartPole-v1 --model-size small --max-hierarchy 1 --train-ratio 256 \
+#       --batch-size 16 --batch-length 32 --total-timesteps 30000 --model-lr 3e-4 --actor-lr 3e-4 --critic-lr 3e-4
 #   python hieros_s5_torch.py --env-id crafter --model-size debug --total-timesteps 200 --batch-size 2 --batch-length 8
 #   python hieros_s5_torch.py --evaluate runs/<run>/hieros_s5_torch.cleanrl_model --env-id crafter --eval-episodes 5
 #   python hieros_s5_torch.py --resume runs/<run>/checkpoint.pt --env-id crafter ...  # same flags as the first run
