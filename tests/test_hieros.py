@@ -936,7 +936,9 @@ def test_nonfinite_loss_stops_with_named_term_and_checkpoint(tmp_path):
                       check=False)  # fmt: skip
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     (line,) = [x for x in proc.stderr.splitlines() if "non-finite" in x]
-    assert "losses/wm_loss_L0" in line
+    # the first log line comes right after the first actor update (its entropy is charted from there): the world model
+    # blown up by that update's step makes the same update's imagination, actor and critic losses non-finite
+    assert re.search(r"non-finite loss detected in losses/(wm_loss|actor|critic)_L0 ", line), line
     (ckpt,) = tmp_path.glob("runs/*/checkpoint_nonfinite.pt")
     state = torch.load(ckpt, weights_only=False)
     assert state["kind"] == "checkpoint" and state["n_updates"] >= 1
