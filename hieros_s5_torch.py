@@ -32,7 +32,7 @@
 #   straight-through gradient of a mode (z_init of the learned initial state, the autoencoder's code): through the
 #   probabilities, as every sample (the original's OneHotDist.mode: through the log-probabilities).
 #   imagination horizon K: K imagined steps, all trained; the original's K imagines K states and trains K - 1 steps
-#   (its last state only bootstraps), so its 16 is our --imag-horizon 15.
+#   (its last state only bootstraps), so its 16 is our --imag-horizon 15, the default (DreamerV3's imag_length too).
 # Deliberate deviation: the actor output layer of every level starts scaled by 0.01 as DreamerV3's policy (a near-uniform
 # first policy; the original's full-scale init is nearly deterministic): --actor-init-scale 1 restores the original.
 import collections
@@ -140,8 +140,8 @@ class Args:
     weight_decay: float = 0.0
     """decoupled AdamW weight decay of all optimisers (the original used torch's implicit 0.01)"""
     # actor / critic
-    imag_horizon: int = 16
-    """imagination horizon K, in each level's own steps"""
+    imag_horizon: int = 15
+    """imagination horizon K: imagined (and trained) steps in each level's own steps; 15 = the original's 16 states"""
     gamma: float = 0.997
     """discount factor"""
     lmbda: float = 0.95
