@@ -23,13 +23,16 @@ Shapes: B batch, T batch length, N = B*T imagination starts, H imagination horiz
 K classes per latent, F = D + S*K features, A action dim.
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
 import random
+import re
 import signal
 import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -66,11 +69,12 @@ class Args:
     capture_video: bool = False
     """whether to capture videos of the agent performances (check out `videos` folder)"""
     save_model: bool = False
-    """whether to save the final model into `runs/{run_name}` and evaluate it"""
+    """save the final model to runs/{run_name}/{exp_name}.cleanrl_model and evaluate it"""
 
     # Algorithm specific arguments
-    env_id: str = "crafter"
-    """crafter, crafter_noreward, atari100k_<game> or any gymnasium id"""
+    env_id: Optional[str] = None
+    """crafter, crafter_noreward, atari100k_<game> or any gymnasium id (default: crafter; with --evaluate: the env id
+    saved in the file)"""
     total_timesteps: Optional[int] = None
     """env (policy) steps to run, summed over envs (default per env: Atari100k 110k as the official config, else 1.1M;
     Crafter is scored at 1M)"""
@@ -142,19 +146,23 @@ class Args:
 
     # logging, checkpoints, evaluation
     log_every: int = 1000
-    """policy steps between progress lines and scalar logs"""
+    """progress line and TensorBoard scalars at every multiple of this many policy steps (and a progress line at least
+    every 30 s)"""
     video_every: int = 10000
     """updates between open-loop prediction videos in TensorBoard (0 disables)"""
     checkpoint_every: int = 0
-    """write the full training state every N policy steps (0 disables)"""
+    """write the full training state to runs/{run_name}/checkpoint.ckpt (+ its replay file) at every multiple of N policy
+    steps (0: only when stopped by SIGTERM or Ctrl-C)"""
     checkpoint_replay: bool = True
     """include the replay buffer in checkpoints (Crafter at 1M steps is ~12 GB on disk)"""
     resume: Optional[str] = None
-    """path of a checkpoint to continue from (same config; the step counter continues)"""
+    """path of a runs/{run_name}/checkpoint.ckpt to continue from (same flags; the step counter continues and the run
+    logs into that run directory)"""
     eval_episodes: int = 10
     """episodes of the evaluation after training (with --save-model) or with --evaluate"""
     evaluate: Optional[str] = None
-    """path of a saved model or checkpoint: only evaluate it (no training) and exit"""
+    """path of a .cleanrl_model or checkpoint.ckpt: only evaluate it and exit (the env id is read from the file unless
+    --env-id is given)"""
 
 
 # Model-size presets (spec 1.2): deter, hidden, classes per latent, CNN depth, MLP units; always 32 latents (debug: 8).
@@ -176,12 +184,19 @@ RESUME_FREE = {
 }  # fmt: skip
 
 
+# A first look on a CPU: the CartPole recipe that learns in minutes (printed when a CPU run would take hours).
+QUICK_START = (
+    f"python {os.path.basename(__file__)} --env-id CartPole-v1 --model-size debug --batch-size 16 --batch-length 32 "
+    "--train-ratio 256 --learning-rate 3e-4 --total-timesteps 30000"
+)
+
+
 class UsageError(Exception):
-    """Bad input from the user: reported as one line on stderr with exit status 2."""
+    """Bad input (or a directory that cannot be written): reported as one line on stderr with exit status 2."""
 
 
 class Stopped(Exception):
-    """SIGTERM or Ctrl-C: the run wrote a checkpoint and stops with exit status 128 + the signal number."""
+    """SIGTERM or Ctrl-C: the run stops (after writing a checkpoint) with exit status 128 + the signal number."""
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)
@@ -190,6 +205,13 @@ class Stopped(Exception):
 
 def check_args(args: Args) -> Args:
     """Validate the flags and fill in per-env defaults; raises UsageError with a one-line message."""
+    if args.evaluate:  # evaluation only: the model's own flags come from the file, the env id too unless given
+        if args.eval_episodes < 1:
+            raise UsageError(f"--eval-episodes must be >= 1 with --evaluate, got {args.eval_episodes}")
+        if args.env_id is not None:
+            common.check_env_id(args.env_id)
+        return args
+    args.env_id = "crafter" if args.env_id is None else args.env_id
     family = common.check_env_id(args.env_id)  # raises common.EnvIdError for an unknown id
     if args.model_size not in SIZES:
         raise UsageError(f"unknown --model-size '{args.model_size}'; choose one of {', '.join(SIZES)}")
@@ -209,6 +231,12 @@ def check_args(args: Args) -> Args:
     if args.learning_starts is None:
         # B * T window starts: an env with S steps holds S - T windows of T + 1 steps, so B * T + N * T steps in all
         args.learning_starts = (args.batch_size + args.num_envs) * args.batch_length
+    if args.total_timesteps < args.learning_starts:
+        raise UsageError(
+            f"--total-timesteps {args.total_timesteps} is below --learning-starts {args.learning_starts}, so no update would "
+            f"run: raise --total-timesteps to at least {args.learning_starts}, or lower --learning-starts (default: (batch "
+            "size + num envs) * batch length)"
+        )
     capacity = min(args.buffer_size, args.total_timesteps + args.num_envs) // args.num_envs
     if capacity < args.batch_length + 1:
         raise UsageError(f"--buffer-size {args.buffer_size} holds {capacity} steps per env, fewer than --batch-length + 1")
@@ -218,8 +246,8 @@ def check_args(args: Args) -> Args:
             raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {lr}")
     if not args.reward_scale >= 0:
         raise UsageError(f"--reward-scale must be >= 0, got {args.reward_scale}")
-    if args.eval_episodes < 0 or (args.evaluate and args.eval_episodes < 1):
-        raise UsageError("--eval-episodes must be >= 1 with --evaluate, >= 0 otherwise (0: no evaluation after --save-model)")
+    if args.eval_episodes < 0:
+        raise UsageError(f"--eval-episodes must be >= 0 (0: no evaluation after --save-model), got {args.eval_episodes}")
     if args.replay_context not in (0, 1):
         raise UsageError("--replay-context must be 0 or 1")
     if not 0 <= args.lam <= 1 or not 0 <= args.actor_unimix < 1 or not 0 <= args.latent_unimix < 1:
@@ -828,16 +856,19 @@ class Replay:
     def __init__(self, capacity: int, num_envs: int, length: int, obs_space, act_dim: int, deter: int, stoch: int, seed: int):
         e, c = num_envs, capacity
         self.capacity, self.length, self.num_envs = c, length, e
-        self.data = {
-            "obs": np.zeros((e, c, *obs_space.shape), obs_space.dtype if obs_space.dtype == np.uint8 else np.float32),
-            "action": np.zeros((e, c, act_dim), np.float32),
-            "reward": np.zeros((e, c), np.float32),
-            "is_first": np.zeros((e, c), bool),
-            "is_last": np.zeros((e, c), bool),
-            "is_terminal": np.zeros((e, c), bool),
-            "deter": np.zeros((e, c, deter), np.float16),
-            "stoch": np.zeros((e, c, stoch), np.uint8),
+        spec = {  # name: (shape of one step, dtype)
+            "obs": (obs_space.shape, np.uint8 if obs_space.dtype == np.uint8 else np.float32),
+            "action": ((act_dim,), np.float32),
+            "reward": ((), np.float32),
+            "is_first": ((), bool),
+            "is_last": ((), bool),
+            "is_terminal": ((), bool),
+            "deter": ((deter,), np.float16),
+            "stoch": ((stoch,), np.uint8),
         }
+        step_bytes = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in spec.values())
+        check_memory(e * c, step_bytes)  # np.zeros only maps pages when they are written: check the RAM up front
+        self.data = {k: np.zeros((e, c, *shape), dtype) for k, (shape, dtype) in spec.items()}
         self.pos = np.zeros(e, np.int64)  # next write index per env
         self.count = np.zeros(e, np.int64)  # steps ever written per env
         self.queue = deque()  # fresh windows (env, start)
@@ -899,14 +930,13 @@ class Replay:
         }
 
     def load_state_dict(self, state: dict):
-        old_capacity = int(state.get("capacity", state["data"]["reward"].shape[1]))  # files before "capacity": full arrays
+        old_capacity = int(state["capacity"])
         if old_capacity == self.capacity:
             for k in self.data:
                 self.data[k][:, : state["data"][k].shape[1]] = state["data"][k]
             self.pos[...], self.count[...] = state["pos"], state["count"]
             self.queue = deque((int(e), int(s)) for e, s in state["queue"])
-            if "rng" in state:  # files before "rng": a fresh sampler
-                self.rng.bit_generator.state = json.loads(str(state["rng"]))
+            self.rng.bit_generator.state = json.loads(str(state["rng"]))
             return
         for e in range(self.num_envs):  # another capacity (e.g. a longer run): keep the newest steps in order
             n = int(min(state["count"][e], old_capacity))
@@ -915,6 +945,21 @@ class Replay:
                 self.data[k][e, : len(order)] = state["data"][k][e, order]
             self.pos[e], self.count[e] = len(order) % self.capacity, len(order)
         self.queue = deque()
+
+
+def check_memory(steps: int, step_bytes: int):
+    """Refuse a replay buffer that cannot fit in this machine's RAM (a one-line error instead of a crash mid-run)."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): no check
+        return
+    need = steps * step_bytes
+    if need > 0.9 * ram:
+        fits = int(0.5 * ram / step_bytes)
+        raise UsageError(
+            f"the replay buffer ({steps:,} steps of {step_bytes:,} bytes) needs {need / 2**30:.1f} GiB, more than this "
+            f"machine's {ram / 2**30:.1f} GiB of RAM: pass --buffer-size {fits // 1000 * 1000 or fits} or less"
+        )
 
 
 # ======================================================================================================================
@@ -939,11 +984,14 @@ class Agent:
 
     def __init__(self, args: Args, obs_space: gym.Space, act_space: gym.Space):
         self.args, size = args, SIZES[args.model_size]
+        if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) not in (1, 3):  # type first: a Tuple has no shape
+            raise UsageError(f"unsupported observation space {obs_space}: use a Box of images (H, W, C) or flat vectors")
         self.image = len(obs_space.shape) == 3
-        if not (self.image or len(obs_space.shape) == 1) or not isinstance(obs_space, gym.spaces.Box):
-            raise UsageError(f"unsupported observation space {obs_space}: use images (H, W, C) or flat vectors")
         if self.image and (obs_space.shape[0] != obs_space.shape[1] or obs_space.shape[0] % 16):
             raise UsageError(f"image observations must be square with a side divisible by 16, got {obs_space.shape}")
+        if self.image and obs_space.dtype != np.uint8 and not (obs_space.low.min() >= 0 and obs_space.high.max() <= 255):
+            # float images in [0, 1] arrive here as uint8 (common.make_env converts them); [0, 255] is used as it is
+            raise UsageError(f"float image observations must lie in [0, 1] or [0, 255], got {obs_space}")
         self.discrete = isinstance(act_space, gym.spaces.Discrete)
         if not self.discrete and not (isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1):
             raise UsageError(f"unsupported action space {act_space}: use Discrete or a 1-D Box")
@@ -1204,37 +1252,93 @@ def count_params(tree) -> int:
 
 
 # ======================================================================================================================
-# 8. Checkpoints (msgpack, written atomically) and evaluation
+# 8. Checkpoints (the training state and its replay as one unit), stop signals and evaluation
 # ======================================================================================================================
 
-FORMAT = "cleanwm-dreamerv3_jax-1"
+FORMAT = "cleanwm-dreamerv3_jax-2"  # cleanwm-<script>-<version>: a file of another script or version is refused by name
 
 
-def atomic_write(path: str, data: bytes):
-    """Write to a temporary file in the same directory, then rename: a killed run never leaves a half-written file."""
+def atomic_write(path: str, data):
+    """Write `data` (bytes, or a function that writes into a file object) to path.tmp<pid>, flush it to the disk, then
+    rename it to `path`: a reader, or a run killed at any instant, sees the old file or the new one, never a part.
+    A failed write (a read-only directory, a full disk) leaves nothing behind and is a one-line UsageError."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            if isinstance(data, bytes):
+                f.write(data)
+            else:
+                data(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def check_writable(path: str):
+    """Raise a one-line UsageError unless the directory `path` (or, if it is not there yet, its nearest existing parent)
+    accepts new files. Called before anything is created, so a bad working directory leaves nothing behind."""
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UsageError(f"cannot create {path}: {parent} is a file, not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise UsageError(f"cannot write into {parent} ({e.strerror}), where {path} goes: start in a writable directory") from e
+
+
+def what_file(raw: bytes, fmt) -> str:
+    """The end of the one-line error for a file that is not a FORMAT file: what it is, and what to do with it."""
+    ours = os.path.basename(__file__)
+    if isinstance(fmt, str) and fmt.startswith("cleanwm-"):
+        script, _, version = fmt[len("cleanwm-") :].rpartition("-")
+        if f"{script}.py" != ours:
+            return f"was written by {script}.py, not {ours}: use it with {script}.py"
+        return f"has the older format {fmt}, which this {ours} no longer reads (it reads {FORMAT}): train anew"
+    if raw[:4] == b"PK\x03\x04":  # a zip: numpy's .npz or torch.save's format
+        if b".npy" in raw[:200]:
+            return "is a replay file (.npz): pass the checkpoint.ckpt that names it"
+        return f"is a PyTorch file (as hieros_s5_torch.py writes), not a {ours} checkpoint or model"
+    if raw[:1] == b"\x80":
+        return f"is a Python pickle (e.g. an older PyTorch file), not a {ours} checkpoint or model"
+    if raw[8:10] == b'{"':
+        return f"is a safetensors file (as hieros_s5_torch.py writes), not a {ours} checkpoint or model"
+    return f"is corrupt or not a {ours} file (a .cleanrl_model or checkpoint.ckpt)"
 
 
 def save_file(path: str, args: Args, payload: dict):
-    payload = {"format": FORMAT, "args": json.dumps(vars(args)), **payload}
+    """A final model ({"params": ...}) or a checkpoint ({"state": ...}) as msgpack, with the format, the kind and the flags."""
+    kind = "model" if "params" in payload else "checkpoint"
+    payload = {"format": FORMAT, "kind": kind, "args": json.dumps(vars(args)), **payload}
     atomic_write(path, flax.serialization.msgpack_serialize(jax.device_get(payload)))
 
 
-def load_file(path: str) -> dict:
+def load_file(path: str, kind: Optional[str] = None) -> dict:
+    """Read a model or checkpoint of this script (kind "checkpoint": only a checkpoint); anything else is a UsageError that
+    names what the file is."""
     if not os.path.isfile(path):
         raise UsageError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        raw = f.read()
     try:
-        with open(path, "rb") as f:
-            data = flax.serialization.msgpack_restore(f.read())
-        assert isinstance(data, dict) and data.get("format") == FORMAT
-        data["args"] = json.loads(data["args"])
+        data = flax.serialization.msgpack_restore(raw)
+        fmt = data.get("format") if isinstance(data, dict) else None
     except Exception:
-        raise UsageError(f"cannot read {path}: corrupt file or not a {FORMAT} checkpoint") from None
+        data, fmt = None, None
+    if fmt != FORMAT:
+        raise UsageError(f"{path} {what_file(raw, fmt)}")
+    if kind == "checkpoint" and data["kind"] != "checkpoint":
+        raise UsageError(
+            f"{path} is a final model (--save-model), not a training checkpoint: evaluate it with --evaluate {path}; "
+            "training continues only from a checkpoint.ckpt (--checkpoint-every, or written on SIGTERM / Ctrl-C)"
+        )
+    data["args"] = json.loads(data["args"])
     return data
 
 
@@ -1254,6 +1358,165 @@ def config_diff(saved: dict, args: Args) -> list:
     return [f"{k}={saved.get(k)!r} (now {v!r})" for k, v in vars(args).items() if k not in RESUME_FREE and saved.get(k) != v]
 
 
+class Checkpoints:
+    """Resume, checkpoints and stop signals of one training run (the helper that keeps main() a plain loop).
+
+    A checkpoint is one unit of two files in runs/{run_name}/:
+        checkpoint.step{N}.replay.npz   the replay buffer after global_step N (N is stored inside too)
+        checkpoint.ckpt                 networks, optimizer, RNG key, counters and flags; names its replay file
+    save() writes the replay under its new name, then replaces checkpoint.ckpt, each through a .tmp<pid> file that is
+    flushed to the disk and renamed; the second rename is the commit. Only after it are older replay files deleted. A
+    kill at any instant thus leaves the old pair or the new pair, plus unnamed files that the next run here deletes.
+    read() refuses a pair whose step counters differ."""
+
+    def __init__(self, args: Args, run_name: str, saved: Optional[dict] = None):
+        self.args, self.run_name, self.dir = args, run_name, f"runs/{run_name}"
+        self.path = os.path.join(self.dir, "checkpoint.ckpt")
+        same = saved is not None and os.path.abspath(args.resume) == os.path.abspath(self.path)
+        self.step = int(saved["global_step"]) if saved else None  # global_step of the last committed checkpoint
+        self.last_path = args.resume if saved else None
+        self.saved_step = self.step if same else None  # the checkpoint in self.path holds this step already
+        self.keep = saved["replay"] if same else None  # the replay file that self.path names
+        self.stop, self.writing = None, False  # the stop signal received; a write is under way
+
+    # ------------------------------------------------------------------------------------------------ resume
+    @staticmethod
+    def read(args: Args) -> dict:
+        """Load and check the --resume checkpoint before anything is created: kind, flags, steps left, its replay."""
+        saved = load_file(args.resume, kind="checkpoint")
+        diff = config_diff(saved["args"], args)
+        if diff:
+            raise UsageError(f"{args.resume} was written with other flags: {', '.join(diff)}")
+        step = int(saved["global_step"])
+        if step >= args.total_timesteps:
+            raise UsageError(f"{args.resume} is at global_step={step}: pass a larger --total-timesteps to continue")
+        saved["replay_path"], empty = None, " (--no-checkpoint-replay resumes with an empty replay)"
+        if saved["replay"]:
+            path = os.path.join(os.path.dirname(args.resume), saved["replay"])
+            if os.path.isfile(path):
+                try:
+                    with np.load(path) as f:
+                        replay_step = int(f["global_step"])
+                except Exception:
+                    raise UsageError(f"cannot read {path}: corrupt replay file{empty}") from None
+                if replay_step != step:
+                    raise UsageError(
+                        f"{path} holds the replay of global_step={replay_step}, but {args.resume} is at global_step={step}: "
+                        f"the two are not one checkpoint{empty}"
+                    )
+                saved["replay_path"] = path
+            elif args.checkpoint_replay:
+                raise UsageError(f"{path} not found: the checkpoint names it as its replay{empty}")
+        return saved
+
+    def restore(self, saved: dict, state: TrainState, replay: Replay):
+        """The saved training state put into `state` and `replay`: returns (state, key, global_step, counters)."""
+        names = [f.name for f in dataclasses.fields(state)]
+        state = state.replace(**{k: restore_tree(getattr(state, k), saved["state"][k], self.args.resume, k) for k in names})
+        updates, count = int(state.updates), int(state.opt_state.count)
+        if count != updates:
+            raise UsageError(f"{self.args.resume} is inconsistent: {updates} updates, but an optimizer state after {count}")
+        if saved["replay_path"]:
+            try:
+                with np.load(saved["replay_path"]) as f:
+                    arrays = {k: f[k] for k in f.files}
+                replay.load_state_dict({"data": {k[5:]: v for k, v in arrays.items() if k.startswith("data_")}, **arrays})
+            except Exception:
+                raise UsageError(f"cannot read {saved['replay_path']}: corrupt replay file") from None
+        print(f"resumed from {self.args.resume} at global_step={self.step}, updates={updates}, replay={len(replay)}")
+        return state, jnp.asarray(saved["key"], jnp.uint32), self.step, json.loads(saved["counters"])
+
+    # ------------------------------------------------------------------------------------------------ writing
+    def open_run_dir(self):
+        """Create the run directory (once every check has passed) and delete what interrupted writes left in it."""
+        check_writable(self.dir)
+        if self.args.capture_video:
+            check_writable(f"videos/{self.run_name}")
+        os.makedirs(self.dir, exist_ok=True)
+        self.clean(keep=self.keep)
+
+    def save(self, state: TrainState, replay: Replay, global_step: int, key, **counters) -> str:
+        """Commit the training state and its replay as one checkpoint (see the class docstring); returns its path.
+        `counters`: the loop's other state (JSON values), given back by restore()."""
+        if global_step == self.saved_step:
+            return self.path  # nothing has changed since the last one
+        self.writing = True
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+            name = f"checkpoint.step{global_step}.replay.npz" if self.args.checkpoint_replay else ""
+            if name:  # 1. the replay under a name no checkpoint uses yet
+                rs = replay.state_dict()
+                arrays = {k: v for k, v in rs.items() if k != "data"} | {f"data_{k}": v for k, v in rs["data"].items()}
+                atomic_write(os.path.join(self.dir, name), lambda f: np.savez(f, global_step=global_step, **arrays))
+            state_dict = flax.serialization.to_state_dict(state)
+            payload = {"run_name": self.run_name, "state": state_dict, "global_step": global_step, "key": key}
+            save_file(self.path, self.args, payload | {"replay": name, "counters": json.dumps(counters)})  # 2. the commit
+            if hasattr(os, "O_DIRECTORY"):  # the renames themselves reach the disk (POSIX)
+                fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+                os.fsync(fd)
+                os.close(fd)
+            self.step, self.saved_step, self.last_path = global_step, global_step, self.path
+            self.clean(keep=name)  # 3. the older replay files
+        except (UsageError, OSError) as e:
+            message = str(e) if isinstance(e, UsageError) else f"cannot write into {self.dir}: {e.strerror or e}"
+            raise UsageError(f"{message}; {self.last()}") from None
+        finally:
+            self.writing = False
+        return self.path
+
+    def clean(self, keep: Optional[str]):
+        """Delete the temporaries of processes that are gone and, unless keep is None, the replay files other than keep."""
+        for name in os.listdir(self.dir):
+            tmp = re.fullmatch(r".+\.tmp(\d+)", name)
+            if tmp:
+                stale = not writing_elsewhere(int(tmp.group(1)))
+            else:
+                stale = keep is not None and name != keep and re.fullmatch(r"checkpoint\.step\d+\.replay\.npz", name)
+            if stale:
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(self.dir, name))
+
+    def stopped(self, global_step: int, path: str) -> Stopped:
+        name, more = signal.Signals(self.stop).name, f"continue with the same command plus --resume {path}"
+        return Stopped(f"stopped by {name} at global_step={global_step}; checkpoint written to {path} ({more})", self.stop)
+
+    def last(self) -> str:
+        if self.last_path is None:
+            return "no checkpoint was written"
+        return f"the last checkpoint is {self.last_path} at global_step={self.step}"
+
+    # ------------------------------------------------------------------------------------------------ stop signals
+    def catch_signals(self):
+        """SIGTERM (kill, a cluster's pre-emption) or Ctrl-C: finish the current step, write a checkpoint, stop. Repeated
+        signals wait for that write; only a second Ctrl-C before the write starts stops at once (the last committed
+        checkpoint stays valid)."""
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, self._on_signal)
+
+    def _on_signal(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.stop is None:
+            self.stop, note = signum, "finishing this step, then writing a checkpoint and stopping"
+        elif self.writing or signum == signal.SIGTERM:
+            note = "already stopping: the checkpoint is written first"
+        else:
+            raise Stopped(f"stopped at once by a second {name}; {self.last()}", signum)
+        os.write(2, f"{name}: {note}\n".encode())  # os.write, not print: print here may hit a print of the loop
+
+
+def writing_elsewhere(pid: int) -> bool:
+    """Whether path.tmp<pid> may be a write under way: process pid runs and is not this one (ours are never left over)."""
+    if pid == os.getpid() or os.name != "posix":
+        return pid != os.getpid()  # (off POSIX, os.kill cannot only ask: keep the file)
+    try:
+        os.kill(pid, 0)  # signal 0 only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, as another user's process
+        pass
+    return True
+
+
 def run_episodes(agent: Agent, params, envs, episodes: int, seed: int):
     """Run the (sampling) policy until `episodes` episodes have finished; returns their stats from common.episode_stats."""
     key = jax.random.PRNGKey(seed)
@@ -1269,11 +1532,13 @@ def run_episodes(agent: Agent, params, envs, episodes: int, seed: int):
     return done[:episodes]
 
 
-def evaluate(model_path: str, make_env, env_id: str, eval_episodes: int, run_name: str, Model=None,
+def evaluate(model_path: str, make_env, env_id: Optional[str], eval_episodes: int, run_name: str, Model=None,
              capture_video: bool = False, seed: int = 1):  # fmt: skip
-    """CleanRL's evaluation signature: load a saved model (or checkpoint), run episodes, return the episodic returns."""
+    """CleanRL's evaluation signature: load a saved model (or checkpoint), run episodes, return the episodic returns.
+    env_id None: the env the model was trained on. Prints one line: the mean and std of the return (Crafter: + score)."""
     saved = load_file(model_path)
     args = Args(**{k: v for k, v in saved["args"].items() if k in {f.name for f in dataclasses.fields(Args)}})
+    env_id = args.env_id if env_id is None else env_id
     envs = gym.vector.SyncVectorEnv([make_env(env_id, seed, 0, capture_video, run_name)])
     agent = (Model or Agent)(args, envs.single_observation_space, envs.single_action_space)
     template = agent.init(jax.random.PRNGKey(0)).params
@@ -1287,10 +1552,11 @@ def evaluate(model_path: str, make_env, env_id: str, eval_episodes: int, run_nam
     episodes = run_episodes(agent, params, envs, eval_episodes, seed)
     envs.close()
     returns = [e["r"] for e in episodes]
-    print(f"eval: {len(returns)} episodes, return {np.mean(returns):.2f} +- {np.std(returns):.2f}")
+    line = f"eval: {len(returns)} episodes, return {np.mean(returns):.2f} +- {np.std(returns):.2f}"
     achievements = [e["achievements"] for e in episodes if e["achievements"] is not None]
     if achievements:
-        print(f"eval: crafter score {common.crafter_score(common.crafter_success_rates(achievements)):.2f} %")
+        line += f", crafter score {common.crafter_score(common.crafter_success_rates(achievements)):.2f} %"
+    print(line)
     return returns
 
 
@@ -1309,21 +1575,133 @@ def to_env_action(agent: Agent, action: np.ndarray):
 # 9. Main loop (CleanRL skeleton): act in the envs, store steps, train at the train ratio, log, checkpoint
 # ======================================================================================================================
 
+# Seconds XLA takes on a CPU to compile (init + policy step, train step) per --model-size, image observations (vectors
+# compile faster); printed before each of these one-off waits.
+COMPILE_S = {"debug": (10, 30), "1m": (10, 40), "12m": (20, 150)}
+
+
+def compile_note(args: Args, what: str, which: int) -> str:
+    if jax.devices()[0].platform != "cpu":
+        return f"compiling the {what} (a one-off)"
+    seconds = COMPILE_S.get(args.model_size)
+    return f"compiling the {what}, a one-off of about {f'{seconds[which]} s' if seconds else 'minutes'} on a CPU"
+
+
+def duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 1440}d{minutes // 60 % 24:02d}h" if minutes >= 1440 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+class Progress:
+    """Progress lines on stdout: at every multiple of --log-every policy steps (with the TensorBoard scalars) and at least
+    every 30 s. The ETA uses the step rate since this process's first update ended, so neither the fast prefill nor the
+    compilation is averaged in; a few updates later it says once how long the whole run takes."""
+
+    def __init__(self, args: Args, global_step: int, updates: int):
+        self.args, self.t0, self.step0, self.updates0 = args, time.time(), global_step, updates  # SPS: since the start
+        self.first = None  # when this process's first update started
+        self.train = None  # (time, global_step, updates) once it has ended
+        self.printed, self.told = self.t0, False
+
+    def before_update(self):
+        if self.first is None:
+            self.first = time.time()
+            print(compile_note(self.args, "train step", 1), flush=True)
+
+    def after_updates(self, global_step: int, updates: int):
+        now = time.time()
+        if self.first is None:  # no update in this process yet (none was due)
+            return
+        if self.train is None:
+            self.train = (now, global_step, updates)
+            print(f"train step compiled; the first update took {now - self.first:.0f} s", flush=True)
+        elif not self.told and updates - self.train[2] >= 5 and now - self.train[0] >= 10 and global_step > self.train[1]:
+            self.told, left, total = True, self.eta(global_step), self.args.total_timesteps
+            print(f"estimate: this run reaches step {total:,} in about {duration(left)} at the speed of its updates so far")
+            if jax.devices()[0].platform == "cpu" and left > 3600:
+                print(f"that is hours on this CPU; for a first look, try the CartPole quick start: {QUICK_START}", flush=True)
+
+    def eta(self, global_step: int) -> float:
+        t, s, _ = self.train
+        return (self.args.total_timesteps - global_step) * (time.time() - t) / max(global_step - s, 1)
+
+    def sps(self, global_step: int) -> float:
+        return (global_step - self.step0) / max(time.time() - self.t0, 1e-9)
+
+    def log(self, writer, replay: Replay, metrics: dict, global_step: int, updates: int, extra: str = "") -> bool:
+        """TensorBoard scalars at every multiple of --log-every and at the end (then returns True); a progress line then
+        and whenever 30 s have passed."""
+        now, args, sps = time.time(), self.args, self.sps(global_step)
+        grid = global_step % args.log_every < args.num_envs or global_step >= args.total_timesteps
+        if grid or now - self.printed >= 30:
+            self.printed = now
+            eta = duration(self.eta(global_step)) if self.train and global_step > self.train[1] else "-"  # "-": no rate yet
+            loss = f"{float(metrics['losses/total']):.3f}" if metrics else "-"  # "-": no update yet (not a NaN)
+            line = f"step {global_step}/{args.total_timesteps} | SPS {sps:.1f} | updates {updates} | ETA {eta} | loss {loss}"
+            print(line + extra, flush=True)
+        if grid:  # CleanRL's charts/* plus the losses/*, opt/* and stats/* of the last update
+            for name, value in metrics.items():
+                if not name.startswith("finite"):
+                    writer.add_scalar(name, float(value), global_step)
+            writer.add_scalar("charts/SPS", int(sps), global_step)
+            writer.add_scalar("charts/updates", updates, global_step)
+            writer.add_scalar("charts/UPS", (updates - self.updates0) / max(now - self.t0, 1e-9), global_step)
+            writer.add_scalar("charts/train_ratio", updates * args.batch_size * args.batch_length / global_step, global_step)
+            writer.add_scalar("charts/replay_size", len(replay), global_step)
+            writer.add_scalar("charts/learning_rate", learning_rate_at(args, updates), global_step)
+            if args.env_id.startswith("atari100k_"):
+                writer.add_scalar("charts/FPS", 4 * int(sps), global_step)
+        return grid
+
+
+def log_episodes(writer, infos: dict, global_step: int, episodes_ach: list):
+    """Print and log the episodes that ended in this step; Crafter: success rates over all training episodes so far."""
+    for ep in common.episode_stats(infos):
+        print(f"global_step={global_step}, episodic_return={ep['r']:.2f}")
+        writer.add_scalar("charts/episodic_return", ep["r"], global_step)
+        writer.add_scalar("charts/episodic_length", ep["l"], global_step)
+        if ep["achievements"] is not None:
+            episodes_ach.append(ep["achievements"])
+            rates = common.crafter_success_rates(episodes_ach)
+            writer.add_scalar("charts/crafter_score", common.crafter_score(rates), global_step)
+            for name, rate in zip(common.CRAFTER_ACHIEVEMENTS, rates, strict=True):
+                writer.add_scalar(f"achievements/{name}", rate, global_step)
+
+
+def save_and_evaluate(args: Args, params, run_name: str, writer):
+    """--save-model: the final model to runs/{run_name}/{exp_name}.cleanrl_model, then --eval-episodes episodes with it."""
+    model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
+    save_file(model_path, args, {"params": flax.serialization.to_state_dict(params)})
+    print(f"model saved to {model_path}")
+    if args.eval_episodes > 0:
+        returns = evaluate(model_path, common.make_env, args.env_id, args.eval_episodes, f"{run_name}-eval",
+                           capture_video=args.capture_video, seed=args.seed)  # fmt: skip
+        for idx, episodic_return in enumerate(returns):
+            writer.add_scalar("eval/episodic_return", episodic_return, idx)
+
+
+def env_spaces(env_id: str):
+    """(observation space, action space) of env_id, read from one env that is closed again."""
+    env = common.make_env(env_id, 0, 0, False, "")()
+    spaces = env.observation_space, env.action_space
+    env.close()
+    return spaces
+
 
 def main(args: Args):
     args = check_args(args)
-    saved = load_file(args.resume) if args.resume else None
     if args.evaluate:
         evaluate(args.evaluate, common.make_env, args.env_id, args.eval_episodes, "eval", seed=args.seed)
         return
-    if saved is not None:
-        diff = config_diff(saved["args"], args)
-        if diff:
-            raise UsageError(f"{args.resume} was written with another config: {', '.join(diff)}")
-        if int(saved["global_step"]) >= args.total_timesteps:
-            raise UsageError(f"{args.resume} is at global_step={int(saved['global_step'])}: pass a larger --total-timesteps "
-                             f"than {args.total_timesteps} to continue")  # fmt: skip
+    # every check before anything is created: the checkpoint to resume, the spaces, the replay's RAM, writable folders
+    saved = Checkpoints.read(args) if args.resume else None
     run_name = saved["run_name"] if saved else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    agent = Agent(args, *env_spaces(args.env_id))
+    capacity = min(args.buffer_size, args.total_timesteps + args.num_envs) // args.num_envs
+    replay = Replay(capacity, args.num_envs, args.batch_length + 1, agent.obs_space, agent.act_dim, agent.deter,
+                    agent.stoch, args.seed)  # fmt: skip
+    ckpt = Checkpoints(args, run_name, saved)
+    ckpt.open_run_dir()  # checks that it (and videos/{run_name} with --capture-video) can be written, then creates it
     if args.track:
         import wandb
 
@@ -1345,50 +1723,20 @@ def main(args: Args):
 
     # env setup
     envs = common.make_vector_env(args.env_id, args.num_envs, args.seed, args.capture_video, run_name)
-    assert isinstance(envs.single_action_space, (gym.spaces.Discrete, gym.spaces.Box)), "unsupported action space"
-    agent = Agent(args, envs.single_observation_space, envs.single_action_space)
+    print(compile_note(args, "init and the policy step", 0))
     key, init_key = jax.random.split(key)
     state = agent.init(init_key)
     print(f"model {args.model_size}: {count_params(state.params):,} parameters in the optimizer")
-    capacity = min(args.buffer_size, args.total_timesteps + args.num_envs) // args.num_envs
-    replay = Replay(capacity, args.num_envs, args.batch_length + 1, envs.single_observation_space, agent.act_dim,
-                    agent.deter, agent.stoch, args.seed)  # fmt: skip
     global_step, sched_prev, episodes_ach = 0, None, []  # sched_prev: train-ratio scheduler position
     if saved is not None:
-        fields = ("params", "opt_state", "slow_critic", "retnorm", "updates")
-        state = state.replace(**{k: restore_tree(getattr(state, k), saved["state"][k], args.resume, k) for k in fields})
-        global_step, key = int(saved["global_step"]), jnp.asarray(saved["key"], jnp.uint32)
-        sched_prev = None if saved["sched_prev"] < 0 else float(saved["sched_prev"])
-        episodes_ach = json.loads(saved["episodes_ach"])
-        replay_path, empty_ok = args.resume + ".replay.npz", " (--no-checkpoint-replay resumes with an empty replay)"
-        if os.path.isfile(replay_path):
-            try:
-                with np.load(replay_path) as f:
-                    replay.load_state_dict({"data": {k[5:]: f[k] for k in f.files if k.startswith("data_")},
-                                            **{k: f[k] for k in f.files if not k.startswith("data_")}})  # fmt: skip
-            except Exception:
-                raise UsageError(f"cannot read {replay_path}: corrupt replay file; delete it{empty_ok}") from None
-        elif saved["args"].get("checkpoint_replay", True) and args.checkpoint_replay:
-            raise UsageError(f"{replay_path} not found (the checkpoint was written with its replay){empty_ok}")
-        print(f"resumed from {args.resume} at global_step={global_step}, updates={int(state.updates)}, replay={len(replay)}")
-    ckpt_path = f"runs/{run_name}/checkpoint.ckpt"
+        state, key, global_step, counters = ckpt.restore(saved, state, replay)
+        sched_prev, episodes_ach = counters["sched_prev"], counters["episodes_ach"]
 
-    def save_checkpoint():
-        os.makedirs(f"runs/{run_name}", exist_ok=True)
-        if args.checkpoint_replay:  # replay first: the checkpoint that names it is written last
-            rs = replay.state_dict()
-            tmp = ckpt_path + f".replay.tmp{os.getpid()}.npz"
-            np.savez(
-                tmp, **{k: v for k, v in rs.items() if k != "data"}, **{f"data_{k}": v for k, v in rs["data"].items()}
-            )
-            os.replace(tmp, ckpt_path + ".replay.npz")
-        save_file(ckpt_path, args, {"run_name": run_name, "state": flax.serialization.to_state_dict(state),
-                                    "global_step": global_step, "key": key, "episodes_ach": json.dumps(episodes_ach),
-                                    "sched_prev": -1.0 if sched_prev is None else sched_prev})  # fmt: skip
-        return ckpt_path
+    def save_checkpoint() -> str:
+        counters = {"sched_prev": sched_prev, "episodes_ach": episodes_ach}
+        return ckpt.save(state, replay, global_step, key, **counters)
 
     # TRY NOT TO MODIFY: start the game
-    start_time, start_step, start_updates = time.time(), global_step, int(state.updates)
     obs, _ = envs.reset(seed=args.seed + global_step)  # a resumed run must not replay the first run's episodes
     flags = common.EpisodeFlags(args.num_envs)
     is_first = flags.reset()
@@ -1396,28 +1744,15 @@ def main(args: Args):
     reward = np.zeros(args.num_envs, np.float32)
     carry = agent.initial_carry(args.num_envs)
     ratio = args.train_ratio / (args.batch_size * args.batch_length)  # updates per policy step
-    metrics, last_log, last_video = {}, global_step, int(state.updates)
-
-    # SIGTERM (kill, a cluster's pre-emption) or Ctrl-C: finish the current step, write a checkpoint, stop. A second
-    # signal stops at once (then the last periodic checkpoint is the one to resume from).
-    stop = []
-
-    def request_stop(signum, frame):
-        if stop:
-            raise KeyboardInterrupt
-        stop.append(signum)  # os.write, not print: a handler that prints while the loop prints raises "reentrant call"
-        os.write(2, f"{signal.Signals(signum).name}: writing a checkpoint, then stopping (again to stop at once)\n".encode())
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    while global_step < args.total_timesteps and not stop:
+    metrics, last_video, progress = {}, int(state.updates), Progress(args, global_step, int(state.updates))
+    ckpt.catch_signals()
+    while global_step < args.total_timesteps and ckpt.stop is None:
         # ALGO LOGIC: act with the sampled posterior and the sampled action
         key, k = jax.random.split(key)
         action, carry, (deter, stoch) = agent.policy_step(state.params, carry, obs, is_first, k)
         action = np.asarray(action)
         if not np.all(np.isfinite(action)):
-            path = save_checkpoint()
-            raise FloatingPointError(f"non-finite action at global_step={global_step}; checkpoint written to {path}")
+            raise FloatingPointError(f"non-finite action at step {global_step}; checkpoint written to {save_checkpoint()}")
         stored_action = action * (~is_last)[:, None]  # the action stored with a last step is zeroed
         replay.add({"obs": obs, "action": stored_action, "reward": reward, "is_first": is_first, "is_last": is_last,
                     "is_terminal": is_terminal, "deter": np.asarray(deter), "stoch": np.asarray(stoch)})  # fmt: skip
@@ -1427,29 +1762,20 @@ def main(args: Args):
         reward = reward.astype(np.float32)
         is_first, is_last, is_terminal = flags.step(term, trunc)
         global_step += args.num_envs
-        for ep in common.episode_stats(infos):
-            print(f"global_step={global_step}, episodic_return={ep['r']:.2f}")
-            writer.add_scalar("charts/episodic_return", ep["r"], global_step)
-            writer.add_scalar("charts/episodic_length", ep["l"], global_step)
-            if ep["achievements"] is not None:  # Crafter: success rates over all training episodes so far
-                episodes_ach.append(ep["achievements"])
-                rates = common.crafter_success_rates(episodes_ach)
-                writer.add_scalar("charts/crafter_score", common.crafter_score(rates), global_step)
-                for name, rate in zip(common.CRAFTER_ACHIEVEMENTS, rates, strict=True):
-                    writer.add_scalar(f"achievements/{name}", rate, global_step)
+        log_episodes(writer, infos, global_step, episodes_ach)
 
         # ALGO LOGIC: training at the train ratio (spec 4): replayed steps per policy step = train_ratio
         if global_step >= args.learning_starts and replay.ready():
             due, sched_prev = updates_due(global_step, sched_prev, ratio)  # the first call trains once
             for _ in range(due):
+                progress.before_update()
                 data, env_idx, time_idx = replay.sample(args.batch_size)
                 key, k = jax.random.split(key)
                 state, metrics, latents = agent.train_step(state, data, k)
                 if not bool(metrics["finite"]):
                     bad = [k[7:] for k, v in metrics.items() if k.startswith("finite/") and not bool(v)] or ["gradients"]
-                    path = save_checkpoint()
-                    raise FloatingPointError(f"non-finite loss ({', '.join(bad)}) at update {int(state.updates)}; "
-                                             f"the update was skipped and a checkpoint written to {path}")  # fmt: skip
+                    raise FloatingPointError(f"non-finite loss ({', '.join(bad)}) at update {int(state.updates)}; the update "
+                                             f"was skipped and a checkpoint written to {save_checkpoint()}")  # fmt: skip
                 # replay context: the refreshed latents go back to replay before the next sample reads them (and before
                 # the next replay.add can overwrite their slots); the finite check above has already waited for them
                 replay.write_latents(env_idx, time_idx[:, 1:], *latents)
@@ -1458,63 +1784,38 @@ def main(args: Args):
                     video = np.asarray(agent.openl_video(state.params, data, k))  # (4, T, H, 3W, C)
                     writer.add_video("openl/prediction", video.transpose(0, 1, 4, 2, 3), global_step, fps=10)
                     last_video = int(state.updates)
+            progress.after_updates(global_step, int(state.updates))
 
         # TRY NOT TO MODIFY: record rewards for plotting purposes
-        if global_step - last_log >= args.log_every or global_step >= args.total_timesteps:
-            last_log = global_step
-            updates = int(state.updates)
-            elapsed = time.time() - start_time
-            sps_float = (global_step - start_step) / elapsed
-            sps = int(sps_float)
-            for name, value in metrics.items():
-                if not name.startswith("finite"):
-                    writer.add_scalar(name, float(value), global_step)
-            writer.add_scalar("charts/SPS", sps, global_step)
-            writer.add_scalar("charts/updates", updates, global_step)
-            writer.add_scalar("charts/UPS", (updates - start_updates) / elapsed, global_step)
-            writer.add_scalar("charts/train_ratio", updates * args.batch_size * args.batch_length / global_step, global_step)
-            writer.add_scalar("charts/replay_size", len(replay), global_step)
-            writer.add_scalar("charts/learning_rate", learning_rate_at(args, updates), global_step)
-            if args.env_id.startswith("atari100k_"):
-                writer.add_scalar("charts/FPS", 4 * sps, global_step)
-            eta = (args.total_timesteps - global_step) / max(sps_float, 1e-9)
-            eta = f"{int(eta // 3600)}h{int(eta % 3600 // 60):02d}m" if metrics else "-"  # acting alone is far faster
-            loss = f"{float(metrics['losses/total']):.3f}" if metrics else "-"  # "-": no update yet (not a NaN)
-            print(f"step {global_step}/{args.total_timesteps} | SPS {sps_float:.1f} | updates {updates} | "
-                  f"ETA {eta} | loss {loss}")  # fmt: skip
+        progress.log(writer, replay, metrics, global_step, int(state.updates))
         if args.checkpoint_every and global_step % args.checkpoint_every < args.num_envs:
-            print(f"checkpoint written to {save_checkpoint()}")
+            print(f"checkpoint written to {save_checkpoint()} at global_step={global_step}")
 
-    if stop:
+    if ckpt.stop is not None or args.checkpoint_every:
         path = save_checkpoint()
-        writer.close()
-        envs.close()
-        raise Stopped(f"stopped by {signal.Signals(stop[0]).name} at global_step={global_step}; checkpoint written to "
-                      f"{path} (continue with the same command plus --resume {path})", stop[0])  # fmt: skip
-    if args.checkpoint_every:
-        save_checkpoint()
+        if ckpt.stop is not None:
+            envs.close()
+            writer.close()
+            raise ckpt.stopped(global_step, path)
     if args.save_model:
-        model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
-        save_file(model_path, args, {"params": flax.serialization.to_state_dict(state.params)})
-        print(f"model saved to {model_path}")
-        if args.eval_episodes > 0:
-            returns = evaluate(model_path, common.make_env, args.env_id, args.eval_episodes, f"{run_name}-eval",
-                               capture_video=args.capture_video, seed=args.seed)  # fmt: skip
-            for idx, episodic_return in enumerate(returns):
-                writer.add_scalar("eval/episodic_return", episodic_return, idx)
+        save_and_evaluate(args, state.params, run_name, writer)
     envs.close()
     writer.close()
 
 
 if __name__ == "__main__":
+    sys.stdout.reconfigure(line_buffering=True)  # every line reaches a redirected log at once
     try:
         main(tyro.cli(Args))
+        status, message = 0, ""
     except (UsageError, common.EnvIdError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        status, message = 2, f"error: {e}"
     except FloatingPointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        status, message = 1, f"error: {e}"
     except Stopped as e:
-        print(e, file=sys.stderr)
-        sys.exit(128 + e.signum)
+        status, message = 128 + e.signum, str(e)
+    for s in (signal.SIGTERM, signal.SIGINT):  # a later signal ends the shutdown quietly (no "Exception ignored in atexit")
+        signal.signal(s, lambda signum, frame: os._exit(status or 128 + signum))
+    if message:
+        print(message, file=sys.stderr)
+    sys.exit(status)

@@ -174,6 +174,30 @@ def make_atari100k(game: str, render_mode: Optional[str] = None) -> gym.Env:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Float images in [0, 1] -> uint8
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def is_float01_image(space: gym.Space) -> bool:
+    """A Box of (H, W, C) float images whose bounds lie in [0, 1]."""
+    if not (isinstance(space, gym.spaces.Box) and len(space.shape) == 3 and np.issubdtype(space.dtype, np.floating)):
+        return False
+    return bool(np.all(space.low >= 0) and np.all(space.high <= 1))
+
+
+class UInt8Images(gym.ObservationWrapper):
+    """Float image observations in [0, 1] -> uint8 round(255 x), the form every script stores and normalises images in
+    (a float image divided by 255 again, or cast to uint8 directly, would be almost all zeros)."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.observation_space = gym.spaces.Box(0, 255, env.observation_space.shape, np.uint8)
+
+    def observation(self, observation):
+        return np.round(np.clip(observation, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # make_env (CleanRL style thunk)
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -217,7 +241,8 @@ def check_env_id(env_id: str) -> str:
 def make_env(env_id: str, seed: int, idx: int, capture_video: bool, run_name: str, **options: Any) -> Callable[[], gym.Env]:
     """Return a thunk that builds env number `idx` (CleanRL style); env 0 records video when `capture_video`.
 
-    `options` go to the env: Crafter accepts `size`, `length`; gymnasium ids accept any gym.make keyword.
+    `options` go to the env: Crafter accepts `size`, `length`; gymnasium ids accept any gym.make keyword. Float image
+    observations in [0, 1] are converted to uint8 (UInt8Images).
     The id is checked now, so a bad id fails before any worker starts.
     """
     family = check_env_id(env_id)
@@ -231,6 +256,8 @@ def make_env(env_id: str, seed: int, idx: int, capture_video: bool, run_name: st
             env = make_atari100k(_atari100k_game(env_id), render_mode=render_mode)
         else:
             env = gym.make(env_id, render_mode=render_mode, **options)
+            if is_float01_image(env.observation_space):
+                env = UInt8Images(env)
         if record:
             env = gym.wrappers.RecordVideo(env, f"videos/{run_name}", disable_logger=True)
         env = gym.wrappers.RecordEpisodeStatistics(env)
