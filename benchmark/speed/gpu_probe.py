@@ -57,12 +57,13 @@ SIZES = {
 
 # Time limits in seconds: (the real check, --dry-run). The update parts include the import, the tracing and the compile;
 # the env runs share what the other parts leave of the budget (each at least ENV_MIN_S, else it is skipped), so the
-# whole check ends within --budget even if a part hangs. The real check's default budget, 460 s, keeps it under 8 minutes.
+# whole check ends within --budget even if a part hangs. The real check's default budget, 420 s, keeps it under 8 minutes
+# with room to spare for a machine's start and a rerun within a 15-minute lease.
 # --dry-run: its limits are a safety net for a loaded machine only; its parts end by themselves (parts run one per core).
 LIMITS = {"info": (60, 60), "jax-update": (120, 240), "torch-update": (60, 120)}
-BUDGET_S = (460, 600)  # the whole check, gpu_check.sh's setup included
+BUDGET_S = (420, 600)  # the whole check, gpu_check.sh's setup included
 ENV_MIN_S = 30  # the shortest env run worth starting
-ENV_DRY_S = 120  # --dry-run: the limit of each env run (40 steps; they end by themselves)
+ENV_DRY_S = 120  # --dry-run: the limit of each env run (32 steps; they end by themselves)
 RESERVE_S = 10  # kept back for the report and for stopping a part that overran
 
 
@@ -237,7 +238,7 @@ def torch_update(size, levels, batch, length, updates, policy_steps) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     args = h.Args(env_id="crafter", model_size=size, max_hierarchy=levels, batch_size=batch, batch_length=length)
-    h.validate(args)
+    args = (getattr(h, "check_args", None) or h.validate)(args) or args  # the script's own flag checks and defaults
     torch.manual_seed(0)
     torch.backends.cudnn.deterministic = args.torch_deterministic  # as the script's main()
     if size == "debug":
@@ -479,19 +480,21 @@ def update_argv(script, plan, sizes):
     return ["jax-update", "--script", script, "--num-devices", str(plan[script]), *flags]
 
 
-def env_cli(script, plan, sizes, dry):
+def env_cli(script, plan, sizes, dry, hieros_src=""):
     """The script's own command line: Crafter at the script's default train ratio, the sizes of the update part (so that
-    the JAX train step is read from the compilation cache), and progress lines often enough to time a short window."""
+    the JAX train step is read from the compilation cache), and progress lines often enough to time a short window
+    (HIEROS: --progress-every N policy steps where the script has that flag, else --log-every N as the JAX scripts)."""
     if script == TORCH_SCRIPT:
         sz = sizes["torch"]
-        cli = f"--max-hierarchy {sz['levels']} --progress-every {8 if dry else 20}".split()
+        every = "--progress-every" if "progress_every:" in hieros_src else "--log-every"
+        cli = f"--max-hierarchy {sz['levels']} {every} {4 if dry else 20}".split()
     else:
         sz = sizes["jax"]
-        cli = f"--log-every {8 if dry else 100}".split() + (["--num-devices", str(plan[script])] if plan[script] > 1 else [])
+        cli = f"--log-every {4 if dry else 100}".split() + (["--num-devices", str(plan[script])] if plan[script] > 1 else [])
     cli = f"--env-id crafter --model-size {sz['size']} --batch-size {sz['batch']} --batch-length {sz['length']}".split() + cli
     # the real check: the default train ratio and a step budget that no run reaches in its wall time (it is stopped);
-    # --dry-run: 1 update per 2 env steps (the default ratio would be 32 updates per step at 2 x 8) and 40 steps in all
-    return cli + ("--total-timesteps 40 --train-ratio 8" if dry else "--total-timesteps 100000").split()
+    # --dry-run: 1 update per 2 env steps (the default ratio would be 32 updates per step at 2 x 8) and 32 steps in all
+    return cli + ("--total-timesteps 32 --train-ratio 8" if dry else "--total-timesteps 100000").split()
 
 
 def check(a) -> int:
@@ -544,7 +547,7 @@ def check(a) -> int:
         n_proc = plan[s] if s == TORCH_SCRIPT else 0  # torchrun's --nproc_per_node (0, 1: plain python)
         argv = f"env-run --script {s} --seconds {seconds:.1f} --batch {sz['batch']} --length {sz['length']}".split()
         argv += ["--torchrun", str(n_proc), "--workdir", os.path.join(work, "runs_" + s.removesuffix(".py"))]
-        argv += ["--", *env_cli(s, plan, sizes, dry)]
+        argv += ["--", *env_cli(s, plan, sizes, dry, hieros_src)]
         spec = (f"env-run {s}", argv, seconds + 15)  # + 15 s: the part stops its run at `seconds` itself
         if dry:
             specs.append(spec)
