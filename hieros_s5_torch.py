@@ -1,48 +1,74 @@
-# docs and experiment results can be found at docs/hieros.md
-#
-# HIEROS: Hierarchical Imagination on Structured State Space Sequence World Models (Mattes, Schlosser, Herbrich;
-# arXiv 2310.05167, ICML 2024) in one PyTorch file, CleanRL style. Reference code: Snagnar/Hieros@ab4c593 (numerical
-# parity checked by tests/test_parity_hieros.py).
-#
-# Usage
-#   python hieros_s5_torch.py --env-id atari100k_pong                                 # paper config, 3 levels (GPU!)
-#   python hieros_s5_torch.py --env-id crafter --total-timesteps 1000000
-#   python hieros_s5_torch.py --env-id CartPole-v1 --model-size small --max-hierarchy 1 --train-ratio 256 \
-#       --batch-size 16 --batch-length 32 --total-timesteps 30000 --model-lr 3e-4 --actor-lr 3e-4 --critic-lr 3e-4
-#   python hieros_s5_torch.py --env-id crafter --model-size debug --total-timesteps 200 --batch-size 2 --batch-length 8
-#   python hieros_s5_torch.py --evaluate runs/<run>/hieros_s5_torch.cleanrl_model --env-id crafter --eval-episodes 5
-#   python hieros_s5_torch.py --resume runs/<run>/checkpoint.pt --env-id crafter ...  # same flags as the first run
-#
-# Decisions. The paper run, not the HEAD defaults of Snagnar/Hieros: ETBS replay with temperature
-# 0.3, S5 dropout 0.1, MLP 2x512 for levels >= 1, 3 levels acting/training every 4^L steps, 8x8 subgoal codes,
-# reward weights 1.0/0.3/0.1 with novelty only at levels >= 1, batch 16x64, train ratio 1024, horizon 16, fp32.
-# Bugs of the original, fixed by default, each reproducible with a flag (tests/test_parity_hieros.py: with the flag the
-# numbers are the original's):
-#   action alignment in observe()   fixed: the S5 input at t is a_{t-1}           --no-action-shift
-#   lambda-return indexing          DreamerV3's convention: r, c of s_{t+1}       --original-return-indexing
-#   ETBS scale M                    fixed: M = current replay size                --etbs-max-len capacity
-#   actor advantage                 fixed: each head / max(1, p95 - p5)          --raw-advantage
-# Open quirks of the original, decided here (see docs/hieros.md "Implementation details"):
-#   8-factor log-prob/entropy: summed over factors (the joint log-prob); --factor-logprob-mean restores the mean.
-#   subgoal AE decoder: ends in a plain Linear (the original's last LN+GELU bounds the output below by -0.17).
-#   novelty reward: compares symlog(h) with the reconstruction (the original compared the raw h).
-#   AdamW weight decay: 0 by default (the original inherited torch's 0.01 implicitly); --weight-decay 0.01.
-#   time limits: `truncated` is not terminal (common/ gives is_terminal = terminated only).
-#   one-step lag of the latent handed up a level: removed (levels filter bottom-up, then decide top-down).
-#   straight-through gradient of a mode (z_init of the learned initial state, the autoencoder's code): through the
-#   probabilities, as every sample (the original's OneHotDist.mode: through the log-probabilities).
-#   imagination horizon K: K imagined steps, all trained; the original's K imagines K states and trains K - 1 steps
-#   (its last state only bootstraps), so its 16 is our --imag-horizon 15, the default (DreamerV3's imag_length too).
-# Deliberate deviation: the actor output layer of every level starts scaled by 0.01 as DreamerV3's policy (a near-uniform
-# first policy; the original's full-scale init is nearly deterministic): --actor-init-scale 1 restores the original.
+# docs and experiment results: README.md (HIEROS section) and docs/hieros.md
+"""HIEROS (Mattes, Schlosser, Herbrich, "HIEROS: Hierarchical Imagination on Structured State Space Sequence World
+Models", ICML 2024, arXiv 2310.05167) in one PyTorch file.
+
+    python hieros_s5_torch.py --env-id atari100k_pong                  # the paper's config, 3 levels (needs a GPU)
+    python hieros_s5_torch.py --env-id crafter --total-timesteps 1000000
+    python hieros_s5_torch.py --env-id CartPole-v1 --model-size small --max-hierarchy 1 --train-ratio 256 \\
+        --batch-size 16 --batch-length 32 --total-timesteps 30000 --model-lr 3e-4 --actor-lr 3e-4 --critic-lr 3e-4
+    python hieros_s5_torch.py --evaluate runs/<run>/hieros_s5_torch.cleanrl_model --eval-episodes 10
+    python hieros_s5_torch.py --resume runs/<run>/checkpoint.ckpt ...  # ... = the first run's flags
+
+A hierarchy of world-model agents: every level is a DreamerV3-style actor-critic learning in the imagination of its own
+S5 world model (S5WM: a stack of S5 state-space layers in place of the GRU). Level 0 acts in the env; level L >= 1
+observes the latents of level L - 1, acts every 4^L env steps, and its action is an 8x8 categorical subgoal code that
+level L - 1 is rewarded for reaching (max-cosine to the decoded code), next to a novelty reward. Replay is sampled with
+efficient time-balanced sampling (ETBS). Reference code: Snagnar/Hieros@ab4c593 (numerical parity checked by
+tests/test_parity_hieros.py).
+
+Decisions. The paper run, not the HEAD defaults of Snagnar/Hieros: ETBS replay with temperature 0.3, S5 dropout 0.1,
+MLP 2x512 for levels >= 1, 3 levels acting/training every 4^L steps, 8x8 subgoal codes, reward weights 1.0/0.3/0.1 with
+novelty only at levels >= 1, batch 16x64, train ratio 1024, horizon 16 (= --imag-horizon 15, see below), fp32.
+Bugs of the original, fixed by default, each reproducible with a flag (tests/test_parity_hieros.py: with the flag the
+numbers are the original's):
+  action alignment in observe()   fixed: the S5 input at t is a_{t-1}           --no-action-shift
+  lambda-return indexing          DreamerV3's convention: r, c of s_{t+1}       --original-return-indexing
+  ETBS scale M                    fixed: M = current replay size                --etbs-max-len capacity
+  actor advantage                 fixed: each head / max(1, p95 - p5)           --raw-advantage
+  reward at episode ends          fixed: an episode's last record keeps the     (no flag)
+                                  reward accumulated up to it; the original zeroes the accumulated reward at every
+                                  is_last before storing the record, so even level 0's terminal reward was stored as 0
+                                  (Snagnar/Hieros:hieros/hieros.py@ab4c593, SubActor.__call__, the `reset.any()` branch)
+Open quirks of the original, decided here (see docs/hieros.md "Implementation details"):
+  8-factor log-prob/entropy: summed over factors (the joint log-prob); --factor-logprob-mean restores the mean.
+  subgoal AE decoder: ends in a plain Linear (the original's last LN+GELU bounds the output below by -0.17).
+  novelty reward: compares symlog(h) with the reconstruction (the original compared the raw h).
+  AdamW weight decay: 0 by default (the original inherited torch's 0.01 implicitly); --weight-decay 0.01.
+  time limits: `truncated` is not terminal (common/ gives is_terminal = terminated only).
+  one-step lag of the latent handed up a level: removed (levels filter bottom-up, then decide top-down).
+  straight-through gradient of a mode (z_init of the learned initial state, the autoencoder's code): through the
+  probabilities, as every sample (the original's OneHotDist.mode: through the log-probabilities).
+  imagination horizon K: K imagined steps, all trained; the original's K imagines K states and trains K - 1 steps
+  (its last state only bootstraps), so its 16 is our --imag-horizon 15, the default (DreamerV3's imag_length too).
+Deliberate deviation: the actor output layer of every level starts scaled by 0.01 as DreamerV3's policy (a near-uniform
+first policy; the original's full-scale init is nearly deterministic): --actor-init-scale 1 restores the original.
+
+File map (numbered sections):
+  0. Arguments                                        6. Subgoals: autoencoder, subgoal and novelty rewards
+  1. Numeric helpers and MLPs                         7. One level, the agent, the acting loop over all levels
+  2. The S5 layer (HiPPO init, ZOH, resettable scan)  8. Replay with time-balanced sampling (ETBS)
+  3. Encoders and decoders                            9. Training one level
+  4. S5WM: the S5 world model                        10. Checkpoints, stop signals and evaluation
+  5. Actor, critics, return normalisation            11. Main loop (CleanRL skeleton)
+Shapes: B batch, T batch length, N = B*T imagination starts (acting: the envs), K imagination horizon, S stochastic
+latents, C classes per latent, Z = S*C, D deter, H S5 width, P SSM state size, nb S5 blocks, A action dim.
+"""
+
 import collections
+import contextlib
 import copy
+import io
+import json
 import math
 import os
+import pickletools
 import random
+import re
 import signal
 import sys
+import tempfile
 import time
+import zipfile
 from dataclasses import dataclass, fields
 from typing import Optional
 
@@ -54,16 +80,11 @@ import torch.nn.functional as F
 import tyro
 from torch.utils.tensorboard import SummaryWriter
 
-from common import (
-    CRAFTER_ACHIEVEMENTS,
-    EnvIdError,
-    EpisodeFlags,
-    crafter_score,
-    crafter_success_rates,
-    episode_stats,
-    make_env,
-    make_vector_env,
-)
+import common
+
+# ======================================================================================================================
+# 0. Arguments
+# ======================================================================================================================
 
 
 @dataclass
@@ -75,7 +96,8 @@ class Args:
     torch_deterministic: bool = True
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
-    """if toggled, cuda will be used when available (falls back to the CPU with a loud warning)"""
+    """use CUDA when this torch build sees a GPU (on by default; without one the run uses the CPU and says so); --no-cuda:
+    the CPU"""
     track: bool = False
     """if toggled, this experiment will be tracked with Weights and Biases"""
     wandb_project_name: str = "cleanwm"
@@ -85,11 +107,12 @@ class Args:
     capture_video: bool = False
     """whether to capture videos of the agent performances (check out `videos` folder)"""
     save_model: bool = False
-    """whether to save the final model into `runs/{run_name}` and evaluate it"""
+    """save the final model to runs/{run_name}/{exp_name}.cleanrl_model and evaluate it"""
 
     # Algorithm specific arguments
-    env_id: str = "atari100k_pong"
-    """the id of the environment: crafter, crafter_noreward, atari100k_<game> or any gymnasium id"""
+    env_id: Optional[str] = None
+    """crafter, crafter_noreward, atari100k_<game> or any gymnasium id (default: atari100k_pong; with --evaluate: the env
+    id saved in the file)"""
     total_timesteps: int = 100_000
     """total env (policy) steps, summed over envs (Atari100k: 100k steps = 400k frames)"""
     num_envs: int = 1
@@ -101,23 +124,9 @@ class Args:
     batch_size: int = 16
     """replay batch: number of sequences"""
     batch_length: int = 64
-    """replay batch: steps per sequence"""
+    """replay batch: steps per sequence (>= 2: the first step of every sequence starts the S5 afresh)"""
     learning_starts: Optional[int] = None
     """policy steps collected before the first update (default: batch_size * batch_length)"""
-    checkpoint_every: int = 0
-    """write the full training state every N policy steps into runs/{run_name}/checkpoint.pt (0 = never)"""
-    checkpoint_replay: bool = True
-    """include the replay buffers in checkpoints (Atari100k ~1.2 GB; a resume without them refills the replay)"""
-    resume: Optional[str] = None
-    """continue training from this checkpoint (same config; the step counter continues)"""
-    evaluate: Optional[str] = None
-    """evaluation mode: load this .cleanrl_model or checkpoint, run --eval-episodes greedy episodes, and exit"""
-    eval_episodes: int = 10
-    """episodes for the evaluation after training / in evaluation mode"""
-    log_every: int = 100
-    """write losses and diagnostics every N level-0 updates (the only host syncs of the training step)"""
-    progress_every: int = 1000
-    """print a progress line every N policy steps"""
 
     # world model (S5WM)
     model_lr: float = 1e-4
@@ -195,7 +204,7 @@ class Args:
     etbs_max_len: str = "current"
     """ETBS scale M: current (the replay size; fixed) or capacity (the original's wiring)"""
     buffer_size: int = 1_000_000
-    """replay capacity per level, in steps (summed over envs)"""
+    """replay capacity per level, in steps summed over envs (allocated only up to --total-timesteps)"""
     # speed
     compile: bool = False
     """torch.compile the world-model loss (off by default)"""
@@ -203,6 +212,25 @@ class Args:
     """bfloat16 autocast for the dense layers (the S5 scan stays in float32); fast on CPUs with AMX"""
     threads: int = 0
     """torch intra-op CPU threads (0 = torch's default, except 1 for the debug preset: tiny ops lose to thread overhead)"""
+
+    # logging, checkpoints, evaluation
+    log_every: int = 1000
+    """progress line and TensorBoard scalars at every multiple of this many policy steps (and a progress line at least
+    every 30 s); the scalars are the only host syncs of training"""
+    checkpoint_every: int = 0
+    """write the full training state to runs/{run_name}/checkpoint.ckpt (+ its replay file) at every multiple of N policy
+    steps (0: only when stopped by SIGTERM or Ctrl-C)"""
+    checkpoint_replay: bool = True
+    """include the replay buffers in checkpoints (Atari100k at the paper size: ~1.2 GB on disk; without them a resume
+    starts with empty replays)"""
+    resume: Optional[str] = None
+    """path of a runs/{run_name}/checkpoint.ckpt to continue from (same flags; the step counter continues and the run
+    logs into that run directory)"""
+    eval_episodes: int = 10
+    """greedy episodes of the evaluation after training (with --save-model) or with --evaluate"""
+    evaluate: Optional[str] = None
+    """path of a .cleanrl_model or checkpoint.ckpt: only evaluate it and exit (the env id is read from the file unless
+    --env-id is given)"""
 
 
 # Size presets. `paper`: the paper run (Snagnar/Hieros experiments/atari100k_sweep.yml over configs.yaml); `small` is a
@@ -217,18 +245,107 @@ SIZES = {
 }  # fmt: skip
 CODE_FACTORS, CODE_CLASSES = 8, 8  # subgoal code: 8 categorical factors with 8 classes each -> 64-d
 REWARD_BINS = 255  # two-hot bins on [-20, 20] in symlog space
-# config fields that may differ between a checkpoint and the resumed run
-HARMLESS_FIELDS = {"exp_name", "total_timesteps", "track", "wandb_project_name", "wandb_entity", "resume", "evaluate",
-                   "checkpoint_every", "checkpoint_replay", "capture_video", "save_model", "eval_episodes", "log_every",
-                   "progress_every", "cuda", "compile", "torch_deterministic", "threads"}  # fmt: skip
+# The standard deviation of a standard normal truncated to [-2, 2]: a truncated normal of std s / TRUNC_STD has std s.
+TRUNC_STD = 0.87962566103423978
+IMAGE_STRIDE = 16  # the CNN encoder halves the image side 4 times: image sides must be multiples of 16
+
+# Flags that may differ between a checkpoint and the resuming run.
+RESUME_FREE = {
+    "exp_name", "track", "wandb_project_name", "wandb_entity", "capture_video", "save_model", "total_timesteps",
+    "log_every", "checkpoint_every", "checkpoint_replay", "resume", "eval_episodes", "evaluate", "cuda", "compile",
+    "torch_deterministic", "threads",
+}  # fmt: skip
+
+# A first look on a CPU: the CartPole recipe of the README's quick start (printed when a CPU run would take hours).
+QUICK_START = (
+    f"python {os.path.basename(__file__)} --env-id CartPole-v1 --model-size small --batch-size 16 --batch-length 32 "
+    "--train-ratio 256 --model-lr 3e-4 --actor-lr 3e-4 --critic-lr 3e-4 --total-timesteps 30000"
+)
 
 
 class UsageError(Exception):
-    """Bad input from the user: reported as one line on stderr with exit status 2."""
+    """Bad input (or a directory that cannot be written): reported as one line on stderr with exit status 2."""
+
+
+class Stopped(Exception):
+    """SIGTERM or Ctrl-C: the run stops (after writing a checkpoint) with exit status 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+def check_args(args: Args) -> Args:
+    """Validate the flags and fill in the defaults that depend on others; raises UsageError with a one-line message."""
+    if args.evaluate:  # evaluation only: the model's own flags come from the file, the env id too unless given
+        if args.eval_episodes < 1:
+            raise UsageError(f"--eval-episodes must be >= 1 with --evaluate, got {args.eval_episodes}")
+        if args.env_id is not None:
+            common.check_env_id(args.env_id)
+        return args
+    args.env_id = "atari100k_pong" if args.env_id is None else args.env_id
+    common.check_env_id(args.env_id)  # raises common.EnvIdError for an unknown id
+    choices = {"model_size": SIZES, "replay": ("etbs", "uniform"), "etbs_max_len": ("current", "capacity")}
+    for name, allowed in choices.items():  # plain str flags (not Literal), so that a bad value is a one-line error too
+        if getattr(args, name) not in allowed:
+            raise UsageError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got '{getattr(args, name)}'")
+    positive = ["batch_size", "num_envs", "total_timesteps", "max_hierarchy", "imag_horizon", "log_every"]
+    for name in positive + [f"subactor_{k}" for k in ("update_every", "train_every", "encode_intermediate")]:
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.batch_length < 2:  # step 0 of every sampled window only starts the S5 afresh: one step teaches no dynamics
+        raise UsageError(f"--batch-length must be >= 2, got {args.batch_length}")
+    for name in ("train_ratio", "model_lr", "actor_lr", "critic_lr", "subgoal_lr"):
+        if not getattr(args, name) > 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if not 0.0 <= args.replay_temperature <= 1.0:
+        raise UsageError(f"--replay-temperature must lie in [0, 1], got {args.replay_temperature}")
+    if not 0.0 <= args.dropout < 1.0:
+        raise UsageError(f"--dropout must lie in [0, 1), got {args.dropout}")
+    if args.eval_episodes < 0:
+        raise UsageError(f"--eval-episodes must be >= 0 (0: no evaluation after --save-model), got {args.eval_episodes}")
+    if args.learning_starts is None:
+        args.learning_starts = args.batch_size * args.batch_length
+    if args.learning_starts < 0:
+        raise UsageError(f"--learning-starts must be >= 0, got {args.learning_starts}")
+    if args.total_timesteps < args.learning_starts:
+        raise UsageError(
+            f"--total-timesteps {args.total_timesteps} is below --learning-starts {args.learning_starts}, so no update "
+            f"would run: raise --total-timesteps to at least {args.learning_starts}, or lower --learning-starts (default: "
+            "batch size * batch length)"
+        )
+    updates, needed = updates_possible(args)
+    if updates < 1:
+        raise UsageError(
+            f"--total-timesteps {args.total_timesteps} leaves too few policy steps after --learning-starts "
+            f"{args.learning_starts} for one update at --train-ratio {args.train_ratio:g} with batch {args.batch_size} x "
+            f"{args.batch_length}: raise --total-timesteps to at least {needed}"
+        )
+    capacity = replay_capacity(args) // args.num_envs
+    if capacity < args.batch_length:
+        raise UsageError(
+            f"the replay holds {capacity} steps per env (--buffer-size {args.buffer_size}, capped at --total-timesteps), "
+            f"fewer than --batch-length {args.batch_length}"
+        )
+    return args
+
+
+def updates_possible(args: Args) -> tuple[int, int]:
+    """(level-0 updates the train-ratio schedule of main() runs in a fresh run, the --total-timesteps that one needs).
+    Every policy step from --learning-starts on adds num_envs * train_ratio / (B T) updates' worth of credit."""
+    e, per_step = args.num_envs, args.train_ratio / (args.batch_size * args.batch_length)
+    first = max(1, -(-args.learning_starts // e))  # the first loop iteration k with global_step = k e >= learning_starts
+    steps = max(0, -(-args.total_timesteps // e) - first + 1)  # iterations from there on
+    return int(steps * e * per_step + 1e-9), (first - 1 + math.ceil(1.0 / (e * per_step) - 1e-9)) * e
+
+
+def replay_capacity(args: Args) -> int:
+    """Steps the replay of each level allocates, summed over envs: --buffer-size, but no more than the run can write."""
+    return min(args.buffer_size, args.total_timesteps + args.num_envs)
 
 
 # ======================================================================================================================
-# 1. Small helpers: symlog, two-hot, straight-through categoricals, MLPs
+# 1. Numeric helpers: symlog, two-hot, straight-through categoricals, MLPs, initialisers
 # ======================================================================================================================
 
 
@@ -300,7 +417,7 @@ def dreamer_init(module):
         if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
             fan_in = m.weight[0].numel() if isinstance(m, nn.Linear) else m.weight.shape[1] * m.weight[0, 0].numel()
             fan_out = m.weight.shape[0] * (m.weight[0, 0].numel() if m.weight.dim() > 2 else 1)
-            std = math.sqrt(1.0 / ((fan_in + fan_out) / 2)) / 0.87962566103423978
+            std = math.sqrt(1.0 / ((fan_in + fan_out) / 2)) / TRUNC_STD
             nn.init.trunc_normal_(m.weight, 0.0, std, -2 * std, 2 * std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
@@ -376,7 +493,7 @@ def resettable_scan(a, b, d):
 
 
 def lecun_trunc_normal(shape, fan_in):
-    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
+    std = math.sqrt(1.0 / fan_in) / TRUNC_STD
     return nn.init.trunc_normal_(torch.empty(shape, dtype=torch.float64), 0.0, std, -2 * std, 2 * std)
 
 
@@ -764,10 +881,6 @@ class ReturnNorm(nn.Module):
         self.register_buffer("high", torch.zeros(()))
         self.register_buffer("q", torch.tensor([0.05, 0.95]), persistent=False)  # on the device once: no copy per update
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        state_dict.pop(prefix + "initialised", None)  # a buffer of files written before 2026-11-22
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     def update(self, ret):
         flat = ret.detach().float().flatten()
         if flat.numel() > 16384:  # quantile limit; a strided subsample keeps it cheap
@@ -870,8 +983,11 @@ class Level(nn.Module):
         self.heads = ["extrinsic"] + (["subgoal"] if self.has_goal else [])
         if index >= 1 or not args.novelty_only_higher_level:
             self.heads.append("novelty")
-        self.weights = {"extrinsic": args.extrinsic_reward_weight, "subgoal": args.subgoal_reward_weight,
-                        "novelty": args.novelty_reward_weight}  # fmt: skip
+        self.weights = {
+            "extrinsic": args.extrinsic_reward_weight,
+            "subgoal": args.subgoal_reward_weight,
+            "novelty": args.novelty_reward_weight,
+        }
         self.wm = S5WM(obs_shape, image, act_dim, cfg, args, cfg["mlp_units"])
         feat = cfg["stoch"] * cfg["classes"] + cfg["deter"]
         self.ac_dim = feat + 3 + (CODE_FACTORS * CODE_CLASSES if self.has_goal else 0)  # [z, h, r, c, H] (+ code)
@@ -885,8 +1001,8 @@ class Level(nn.Module):
         # CartPole its first episodes end after ~10 steps, below a uniform policy's ~22). --actor-init-scale 1 restores it.
         with torch.no_grad():
             self.actor.net[-1].weight.mul_(args.actor_init_scale)  # the bias starts at 0 (dreamer_init)
-        self.critics = nn.ModuleDict({k: mlp(self.ac_dim, cfg["head_units"], cfg["head_layers"], out=REWARD_BINS)
-                                      for k in self.heads})  # fmt: skip
+        critic = lambda: mlp(self.ac_dim, cfg["head_units"], cfg["head_layers"], out=REWARD_BINS)
+        self.critics = nn.ModuleDict({k: critic() for k in self.heads})
         for c in self.critics.values():
             dreamer_init(c)
             zero_last(c)
@@ -918,7 +1034,23 @@ def action_spec(space):
         return "discrete", int(space.n)
     if isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
         return "continuous", int(space.shape[0])
-    raise UsageError(f"unsupported action space {space}; need Discrete or a 1-D Box")
+    raise UsageError(f"unsupported action space {space}: use Discrete or a 1-D Box")
+
+
+def check_obs_space(space):
+    """Raise a one-line UsageError for an observation space the networks cannot take; returns whether it holds images."""
+    if not isinstance(space, gym.spaces.Box) or len(space.shape) not in (1, 3):  # the type first: a Tuple has no shape
+        raise UsageError(f"unsupported observation space {space}: use a Box of images (H, W, C) or flat vectors")
+    image = len(space.shape) == 3
+    sides = space.shape[:2]
+    if image and (min(sides) < IMAGE_STRIDE or sides[0] % IMAGE_STRIDE or sides[1] % IMAGE_STRIDE):
+        raise UsageError(
+            f"image observations need sides divisible by {IMAGE_STRIDE} (the CNN halves them 4 times), got {space.shape}"
+        )
+    if image and space.dtype != np.uint8 and not (space.low.min() >= 0 and space.high.max() <= 255):
+        # float images in [0, 1] arrive here as uint8 (common.make_env converts them); [0, 255] is used as it is
+        raise UsageError(f"float image observations must lie in [0, 1] or [0, 255], got {space}")
+    return image
 
 
 class Agent(nn.Module):
@@ -926,16 +1058,13 @@ class Agent(nn.Module):
         super().__init__()
         cfg = SIZES[args.model_size]
         kind, a_dim = action_spec(act_space)
-        if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) not in (1, 3):
-            raise UsageError(f"unsupported observation space {obs_space}; need an image (H, W, C) or a vector Box")
-        image = len(obs_space.shape) == 3
+        image = check_obs_space(obs_space)
         latent = cfg["stoch"] * cfg["classes"] + cfg["deter"]
         up_obs = (args.subactor_encode_intermediate * latent,)  # (4 (S*C + D),)
-        self.levels = nn.ModuleList(
-            [Level(0, args.max_hierarchy, tuple(obs_space.shape), image, kind, a_dim, cfg, args)]
-            + [Level(i, args.max_hierarchy, up_obs, False, "code", CODE_FACTORS * CODE_CLASSES, cfg, args)
-               for i in range(1, args.max_hierarchy)]
-        )  # fmt: skip
+        code = CODE_FACTORS * CODE_CLASSES
+        levels = [Level(0, args.max_hierarchy, tuple(obs_space.shape), image, kind, a_dim, cfg, args)]
+        levels += [Level(i, args.max_hierarchy, up_obs, False, "code", code, cfg, args) for i in range(1, args.max_hierarchy)]
+        self.levels = nn.ModuleList(levels)
 
 
 def level_acts(t, level, every):
@@ -1013,8 +1142,8 @@ class HierarchyRunner:
         for i in active:  # bottom-up filtering; the new state is kept only for the envs where level i decides
             lv, m = self.levels[i], masks[i]
             inputs[i] = obs if i == 0 else self.fifo[i].flatten(1)  # (n, ...) or (n, 4 (S*C + D))
-            latent, logits, _ = lv.wm.obs_step(self.latent[i], self.last_action[i], lv.wm.encoder(inputs[i]),
-                                               self.first_pending[i])  # fmt: skip
+            embed = lv.wm.encoder(inputs[i])
+            latent, logits, _ = lv.wm.obs_step(self.latent[i], self.last_action[i], embed, self.first_pending[i])
             keep = lambda new, old: torch.where(m.view(-1, *[1] * (new.dim() - 1)), new, old)  # noqa: B023
             self.latent[i] = {k: keep(v, self.latent[i][k]) for k, v in latent.items()}
             self.logits[i] = keep(logits, self.logits[i])
@@ -1032,9 +1161,16 @@ class HierarchyRunner:
             goal = lv.ae.decode(code) if lv.has_goal else torch.zeros(self.n, lv.wm.D, device=self.device)
             x, _, _ = lv.ac_input(self.latent[i], self.logits[i], code)
             action = lv.actor.executed(lv.actor.sample(lv.actor.dist(x), self.greedy))  # stored and executed
-            records[i] = dict(obs=inputs[i], action=action, reward=self.reward_acc[i].clone(),
-                              is_first=self.first_pending[i].clone(), is_terminal=is_terminal.clone(), subgoal=goal,
-                              code=code, env_mask=decide[i])  # fmt: skip
+            records[i] = dict(
+                obs=inputs[i],
+                action=action,
+                reward=self.reward_acc[i].clone(),
+                is_first=self.first_pending[i].clone(),
+                is_terminal=is_terminal.clone(),
+                subgoal=goal,
+                code=code,
+                env_mask=decide[i],
+            )
             if lv.has_goal:
                 self.achieved[i].append(subgoal_reward(goal, self.latent[i]["h"]).index_select(0, rows[i]).mean())
             if i >= 1:
@@ -1047,11 +1183,13 @@ class HierarchyRunner:
 
 
 def env_action(action, space):
-    """Level-0 actor output -> env action (index for Discrete, rescaled from [-1, 1] for Box)."""
+    """Level-0 actor output -> env action (index for Discrete; for Box rescaled from [-1, 1] to finite bounds)."""
     if isinstance(space, gym.spaces.Discrete):
         return action.argmax(-1).cpu().numpy() + int(space.start)  # Discrete(n, start) counts from start
     a = action.cpu().numpy()
-    return (space.low + (a + 1) / 2 * (space.high - space.low)).astype(space.dtype)
+    if np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high)):
+        a = space.low + (a + 1) / 2 * (space.high - space.low)
+    return a.astype(space.dtype)
 
 
 # ======================================================================================================================
@@ -1100,11 +1238,14 @@ class SequenceReplay:
     first step of its oldest key (once the env has wrapped), which makes that key stale; stale keys at the old end of
     the ring are dropped at once, stale keys behind the oldest key of a slower env are counted (`n_stale`) and skipped
     when sampling. Images are stored as uint8.
+
+    `capacity` (steps summed over envs) is the ETBS scale M of --etbs-max-len capacity; `allocate` (default: capacity)
+    caps the steps the ring buffers hold, so a run shorter than the capacity allocates only what it can write.
     """
 
-    def __init__(self, capacity, num_envs, length, spec, args, seed):
+    def __init__(self, capacity, num_envs, length, spec, args, seed, allocate=None):
         self.E, self.T = num_envs, length
-        self.cap = max(capacity // num_envs, length + 1)  # steps per env
+        self.cap = max(min(capacity, allocate or capacity) // num_envs, length + 1)  # steps per env
         self.capacity = capacity
         self.data = {k: np.zeros((num_envs, self.cap, *shape), dtype) for k, (shape, dtype) in spec.items()}
         self.count = np.zeros(num_envs, np.int64)  # steps written per env
@@ -1116,6 +1257,9 @@ class SequenceReplay:
 
     def __len__(self):  # number of valid keys N
         return self.key_n - self.n_stale
+
+    def steps(self):  # steps held, summed over envs
+        return int(np.minimum(self.count, self.cap).sum())
 
     def _valid(self):
         """Ring positions of the valid keys, oldest first: O(N), cached until the next write."""
@@ -1177,24 +1321,55 @@ class SequenceReplay:
         }
 
     def load_state_dict(self, state):
-        self.count = np.broadcast_to(np.asarray(state["count"], np.int64), (self.E,)).copy()  # files before: one int
+        self.count = np.asarray(state["count"], np.int64).copy()  # (E,)
         self.rng.bit_generator.state = state["rng"]
         for k, v in state["data"].items():
             self.data[k][:, : v.shape[1]] = v
-        if "keys" in state:
-            self._set_keys(*np.asarray(state["keys"], np.int64))
-        else:  # files before per-env positions: lockstep, keys in the order (start, env)
-            c = int(self.count[0])
-            starts = np.arange(max(0, c - self.cap), max(0, c - self.T + 1))
-            self._set_keys(np.tile(np.arange(self.E), len(starts)), np.repeat(starts, self.E))
+        self._set_keys(*np.asarray(state["keys"], np.int64))
 
 
 def replay_spec(level, obs_space):
-    image = level.index == 0 and len(obs_space.shape) == 3
+    """{name: (shape of one step, dtype)} of a level's replay; uint8 images stay uint8, everything else is float32."""
+    image = level.index == 0 and len(obs_space.shape) == 3 and obs_space.dtype == np.uint8
     obs_shape = tuple(obs_space.shape) if level.index == 0 else (level.wm.encoder.net[0].in_features,)
-    return {"obs": (obs_shape, np.uint8 if image else np.float32), "action": ((level.act_dim,), np.float32),
-            "reward": ((), np.float32), "is_first": ((), bool), "is_terminal": ((), bool),
-            "subgoal": ((level.wm.D,), np.float32), "code": ((CODE_FACTORS * CODE_CLASSES,), np.float32)}  # fmt: skip
+    return {
+        "obs": (obs_shape, np.uint8 if image else np.float32),
+        "action": ((level.act_dim,), np.float32),
+        "reward": ((), np.float32),
+        "is_first": ((), bool),
+        "is_terminal": ((), bool),
+        "subgoal": ((level.wm.D,), np.float32),
+        "code": ((CODE_FACTORS * CODE_CLASSES,), np.float32),
+    }
+
+
+def make_replays(agent, obs_space, args):
+    """One SequenceReplay per level, allocating no more than the run can write (replay_capacity); refuses one that does
+    not fit in this machine's RAM before anything is allocated."""
+    specs = [replay_spec(lv, obs_space) for lv in agent.levels]
+    steps = max(replay_capacity(args) // args.num_envs, args.batch_length + 1) * args.num_envs  # SequenceReplay.cap * E
+    check_memory(steps, sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for sp in specs for shape, dtype in sp.values()))
+    allocate = replay_capacity(args)
+    return [
+        SequenceReplay(args.buffer_size, args.num_envs, args.batch_length, spec, args, args.seed + 1000 * i, allocate)
+        for i, spec in enumerate(specs)
+    ]
+
+
+def check_memory(steps: int, step_bytes: int):
+    """Refuse replay buffers that cannot fit in this machine's RAM (a one-line error instead of a crash mid-run). Each
+    level's buffer is counted in full: at worst (an episode end at every step) every level writes every step."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): no check
+        return
+    need = steps * step_bytes
+    if need > 0.9 * ram:
+        fits = int(0.5 * ram / step_bytes)
+        raise UsageError(
+            f"the replay buffers ({steps:,} steps of {step_bytes:,} bytes over all levels) need {need / 2**30:.1f} GiB, more "
+            f"than this machine's {ram / 2**30:.1f} GiB of RAM: pass --buffer-size {fits // 1000 * 1000 or fits} or less"
+        )
 
 
 # ======================================================================================================================
@@ -1204,9 +1379,11 @@ def replay_spec(level, obs_space):
 
 def make_optimizers(level, args):
     adam = lambda params, lr, eps: torch.optim.AdamW(params, lr=lr, eps=eps, weight_decay=args.weight_decay)
-    opts = {"wm": adam(level.wm.parameters(), args.model_lr, 1e-8),
-            "actor": adam(level.actor.parameters(), args.actor_lr, 1e-5),
-            "critic": adam(level.critics.parameters(), args.critic_lr, 1e-5)}  # fmt: skip
+    opts = {
+        "wm": adam(level.wm.parameters(), args.model_lr, 1e-8),
+        "actor": adam(level.actor.parameters(), args.actor_lr, 1e-5),
+        "critic": adam(level.critics.parameters(), args.critic_lr, 1e-5),
+    }
     if level.ae is not None:
         opts["ae"] = adam(level.ae.parameters(), args.subgoal_lr, 1e-6)
     warmup = max(1, args.model_warmup)
@@ -1227,8 +1404,8 @@ def wm_loss(wm, obs, action, reward, is_first, is_terminal, args, episode_first=
     cont = F.binary_cross_entropy_with_logits(wm.cont(feat).squeeze(-1).float(), 1.0 - is_terminal, reduction="none")
     kl, dyn, rep = kl_loss(post_logits, prior_logits, args.free_nats, args.kl_dyn_scale, args.kl_rep_scale)
     loss = (recon + rew + cont + kl).mean()
-    return loss, state, post_logits, {"wm_recon": recon.mean(), "wm_reward": rew.mean(), "wm_cont": cont.mean(),
-                                      "wm_kl_dyn": dyn.mean(), "wm_kl_rep": rep.mean(), "wm_loss": loss}  # fmt: skip
+    parts = {"wm_recon": recon, "wm_reward": rew, "wm_cont": cont, "wm_kl_dyn": dyn, "wm_kl_rep": rep}
+    return loss, state, post_logits, {**{k: v.mean() for k, v in parts.items()}, "wm_loss": loss}
 
 
 @torch.no_grad()
@@ -1297,13 +1474,13 @@ def train_level(level, opts, sched, batch, args, loss_fn, autocast):
     b, t = batch["reward"].shape
     metrics = {}
     # --- world model (parallel over time) ---
+    inputs = [batch[k] for k in ("obs", "action", "reward", "is_first")] + [batch["is_terminal"].float(), args]
     with autocast():
-        loss, state, post_logits, m = loss_fn(level.wm, batch["obs"], batch["action"], batch["reward"], batch["is_first"],
-                                              batch["is_terminal"].float(), args, batch.get("episode_first"))  # fmt: skip
+        loss, state, post_logits, m = loss_fn(level.wm, *inputs, batch.get("episode_first"))
     metrics.update(m)
     opts["wm"].zero_grad(set_to_none=True)
     loss.backward()
-    metrics["wm_grad_norm"] = nn.utils.clip_grad_norm_(level.wm.parameters(), 1000.0)
+    metrics["grad_norm"] = nn.utils.clip_grad_norm_(level.wm.parameters(), 1000.0)  # logged as opt/grad_norm_L{level}
     opts["wm"].step()
     sched.step()
     level.updates += 1
@@ -1347,104 +1524,6 @@ def train_level(level, opts, sched, batch, args, loss_fn, autocast):
     return metrics
 
 
-# ======================================================================================================================
-# 10. Checkpoints, config checks, evaluation
-# ======================================================================================================================
-
-
-def load_file(path, device="cpu"):
-    """torch.load with one-line errors (missing / corrupt / not a HIEROS file)."""
-    if not path or not os.path.isfile(path):
-        raise UsageError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise UsageError(
-            f"corrupt checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        ) from None
-    if not isinstance(ckpt, dict) or "args" not in ckpt or "agent" not in ckpt:
-        raise UsageError(f"not a hieros_s5_torch checkpoint: {path}")
-    return ckpt
-
-
-def config_mismatch(saved, current):
-    """Fields (other than HARMLESS_FIELDS) whose values differ, as 'name (checkpoint X, now Y)'."""
-    keys = (set(saved) | set(current)) - HARMLESS_FIELDS
-    return [
-        f"{k} (checkpoint {saved.get(k)!r}, now {current.get(k)!r})" for k in sorted(keys) if saved.get(k) != current.get(k)
-    ]
-
-
-def args_from_dict(d):
-    names = {f.name for f in fields(Args)}
-    return Args(**{k: v for k, v in d.items() if k in names})
-
-
-def write_atomic(obj, path):
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # readers never see a half-written file
-
-
-def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model=None, device=torch.device("cpu"),
-             capture_video=False, seed=1, greedy=True):  # fmt: skip
-    """CleanRL-style evaluation: rebuild the agent from the saved args, run greedy episodes, return their returns."""
-    torch.manual_seed(seed)  # the posterior z is still sampled in greedy evaluation: --seed makes it reproducible
-    ckpt = load_file(model_path, device)
-    saved = args_from_dict(ckpt["args"])
-    envs = gym.vector.SyncVectorEnv([make_env(env_id, seed, 0, capture_video, run_name)],
-                                    autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)  # fmt: skip
-    agent = (Model or Agent)(envs.single_observation_space, envs.single_action_space, saved).to(device)
-    try:
-        agent.load_state_dict(ckpt["agent"])
-    except RuntimeError as e:
-        if saved.env_id != env_id:
-            raise UsageError(f"{model_path} was trained on --env-id {saved.env_id}, not {env_id}") from None
-        raise UsageError(f"model {model_path} does not fit env {env_id}: {' '.join(str(e).split())[:300]}") from None
-    agent.eval()
-    runner = HierarchyRunner(agent, 1, saved, device, greedy=greedy)
-    obs, _ = envs.reset(seed=seed)
-    flags = EpisodeFlags(1)
-    is_first, is_last, reward, is_terminal = flags.reset(), np.zeros(1, bool), np.zeros(1), np.zeros(1, bool)
-    returns, ret = [], 0.0
-    while len(returns) < eval_episodes:
-        tt = lambda x: torch.as_tensor(x, device=device)
-        action, _ = runner.step(tt(obs), tt(reward), tt(is_first), tt(is_terminal), first=is_first, last=is_last)
-        obs, reward, term, trunc, _ = envs.step(env_action(action, envs.single_action_space))
-        is_first, is_last, is_terminal = flags.step(term, trunc)
-        ret += float(reward[0])
-        if is_last[0]:
-            returns.append(ret)
-            print(f"eval_episode={len(returns) - 1}, episodic_return={ret:.6g}")
-            ret = 0.0
-    envs.close()
-    return returns
-
-
-def validate(args):
-    choices = {"model_size": SIZES, "replay": ("etbs", "uniform"), "etbs_max_len": ("current", "capacity")}
-    for name, allowed in choices.items():  # plain str flags (not Literal), so that a bad value is a one-line error too
-        if getattr(args, name) not in allowed:
-            raise UsageError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got '{getattr(args, name)}'")
-    checks = [(args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}"),
-              (args.batch_length >= 1, f"--batch-length must be >= 1, got {args.batch_length}"),
-              (args.num_envs >= 1, f"--num-envs must be >= 1, got {args.num_envs}"),
-              (args.total_timesteps >= 1, f"--total-timesteps must be >= 1, got {args.total_timesteps}"),
-              (args.max_hierarchy >= 1, f"--max-hierarchy must be >= 1, got {args.max_hierarchy}"),
-              (args.subactor_update_every >= 1, f"--subactor-update-every must be >= 1, got {args.subactor_update_every}"),
-              (args.subactor_train_every >= 1, f"--subactor-train-every must be >= 1, got {args.subactor_train_every}"),
-              (args.subactor_encode_intermediate >= 1, "--subactor-encode-intermediate must be >= 1"),
-              (args.imag_horizon >= 1, f"--imag-horizon must be >= 1, got {args.imag_horizon}"),
-              (args.train_ratio >= 0, f"--train-ratio must be >= 0, got {args.train_ratio}"),
-              (0.0 <= args.replay_temperature <= 1.0, f"--replay-temperature must be in [0, 1]: {args.replay_temperature}"),
-              (args.buffer_size >= args.batch_length, "--buffer-size must be >= --batch-length"),
-              (args.eval_episodes >= 0, "--eval-episodes must be >= 0 (0: no evaluation after --save-model)"),
-              (args.eval_episodes >= 1 or not args.evaluate, "--evaluate needs --eval-episodes >= 1")]  # fmt: skip
-    for ok, msg in checks:
-        if not ok:
-            raise UsageError(msg)
-
-
 def to_batch(np_batch, device):
     """numpy batch -> tensors on `device`. On CUDA through pinned memory with non_blocking=True: a copy from ordinary
     (pageable) memory first waits for every queued kernel, i.e. for the previous update, a host sync per update."""
@@ -1452,6 +1531,486 @@ def to_batch(np_batch, device):
         return {k: torch.as_tensor(v, device=device) for k, v in np_batch.items()}
     pinned = {k: torch.from_numpy(np.ascontiguousarray(v)).pin_memory() for k, v in np_batch.items()}
     return {k: v.to(device, non_blocking=True) for k, v in pinned.items()}
+
+
+def train_call(agent, optims, replays, call, args, loss_fn, autocast, metrics, nonfinite) -> list:
+    """One train call of main()'s train-ratio schedule: level L trains on the calls = 0 (mod 4^L) once its replay holds a
+    batch (the original's Hieros.train). metrics[L] receives level L's latest metrics (tensors: no host sync), nonfinite
+    collects per loss term whether it was ever non-finite. Returns the levels that trained."""
+    trained, device = [], next(agent.parameters()).device
+    for i, (lv, (opts, sched)) in enumerate(zip(agent.levels, optims, strict=True)):
+        if not level_trains(call, i, args.subactor_train_every) or len(replays[i]) < args.batch_size:
+            continue
+        batch = to_batch(replays[i].sample(args.batch_size), device)
+        metrics[i] = train_level(lv, opts, sched, batch, args, loss_fn, autocast)
+        for k in ("wm_loss", "actor", "critic"):
+            if k in metrics[i]:  # before --behavior-starts only the world model trains
+                nonfinite[f"{k}_L{i}"] = nonfinite.get(f"{k}_L{i}", False) | ~torch.isfinite(metrics[i][k])
+        trained.append(i)
+    return trained
+
+
+# ======================================================================================================================
+# 10. Checkpoints (the training state and its replays as one unit), stop signals and evaluation
+# ======================================================================================================================
+
+FORMAT = "cleanwm-hieros_s5_torch-2"  # cleanwm-<script>-<version>: a file of another script or version is refused by name
+# Version 2 holds only what torch.load(weights_only=True) reads (tensors, dicts, lists, tuples, str, int, float, bool,
+# None; no other class is allowed), so loading a file cannot run code from it; the replays go to a separate .npz. The
+# files of version 1 (no "format" field) were full pickles, loaded with weights_only=False.
+
+
+def atomic_write(path: str, data):
+    """Write `data` (bytes, or a function that writes into a file object) to path.tmp<pid>, flush it to the disk, then
+    rename it to `path`: a reader, or a run killed at any instant, sees the old file or the new one, never a part.
+    A failed write (a read-only directory, a full disk) leaves nothing behind and is a one-line UsageError."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            if isinstance(data, bytes):
+                f.write(data)
+            else:
+                data(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def check_writable(path: str):
+    """Raise a one-line UsageError unless the directory `path` (or, if it is not there yet, its nearest existing parent)
+    accepts new files. Called before anything is created, so a bad working directory leaves nothing behind."""
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UsageError(f"cannot create {path}: {parent} is a file, not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise UsageError(f"cannot write into {parent} ({e.strerror}), where {path} goes: start in a writable directory") from e
+
+
+def pickle_strings(data: bytes) -> set:
+    """The strings in a pickle, read with pickletools (which only parses it: nothing in the pickle runs)."""
+    found = set()
+    with contextlib.suppress(Exception):
+        for _, arg, _ in pickletools.genops(data):
+            if isinstance(arg, str):
+                found.add(arg)
+    return found
+
+
+def what_file(raw: bytes, fmt) -> str:
+    """The end of the one-line error for a file that is not a FORMAT file: what it is, and what to do with it."""
+    ours = os.path.basename(__file__)
+    if isinstance(fmt, str) and fmt.startswith("cleanwm-"):
+        script, _, version = fmt[len("cleanwm-") :].rpartition("-")
+        if f"{script}.py" != ours:
+            return f"was written by {script}.py, not {ours}: use it with {script}.py"
+        return f"has the older format {fmt}, which this {ours} no longer reads (it reads {FORMAT}): train anew"
+    if raw[:4] == b"PK\x03\x04":  # a zip: torch.save's format or numpy's .npz
+        names, strings = [], set()
+        with contextlib.suppress(Exception), zipfile.ZipFile(io.BytesIO(raw)) as z:
+            names = z.namelist()
+            strings = pickle_strings(z.read(next(n for n in names if n.endswith("data.pkl"))))
+        if names and all(n.endswith(".npy") for n in names):
+            return "is a replay file (.npz): pass the checkpoint.ckpt that names it"
+        if {"args", "agent"} <= strings:  # the keys of this script's files before FORMAT had a version
+            return (
+                f"has the older format of {ours} files without a version, which this {ours} no longer reads (it reads "
+                f"{FORMAT}): train anew"
+            )
+        return f"is a PyTorch file of other contents, not a {ours} checkpoint or model"
+    if raw[:1] == b"\x80":
+        return f"is a Python pickle, not a {ours} checkpoint or model (not unpickled: that could run code)"
+    if raw[8:10] == b'{"':
+        return f"is a safetensors file, not a {ours} checkpoint or model"
+    return f"is corrupt or not a {ours} file (a .cleanrl_model or checkpoint.ckpt)"
+
+
+def save_file(path: str, args: Args, payload: dict):
+    """A final model ({"agent": ...}) or a checkpoint (with "optims") through torch.save, with the format, kind and flags."""
+    kind = "checkpoint" if "optims" in payload else "model"
+    payload = {"format": FORMAT, "kind": kind, "args": dict(vars(args)), **payload}
+    atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def load_file(path: str, kind: Optional[str] = None) -> dict:
+    """Read a model or checkpoint of this script (kind "checkpoint": only a checkpoint) with torch's weights-only
+    unpickler; anything else is a UsageError that names what the file is."""
+    if not os.path.isfile(path):
+        raise UsageError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        raw = f.read()
+    data, fmt = None, None
+    if raw[:4] == b"PK\x03\x04":
+        with contextlib.suppress(Exception):  # weights_only: a file that needs any other class is refused, not run
+            data = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+            fmt = data.get("format") if isinstance(data, dict) else None
+    elif raw[:1] and (0x80 <= raw[0] <= 0x8F or raw[0] in (0xDE, 0xDF)):  # a msgpack map: the JAX scripts' files
+        found = re.search(rb"\xa6format(?:[\xa0-\xbf]|\xd9.)(cleanwm-[A-Za-z0-9_]+-\d+)", raw, re.S)  # "format": "cleanwm-..."
+        fmt = found.group(1).decode() if found else None
+    if fmt != FORMAT:
+        raise UsageError(f"{path} {what_file(raw, fmt)}")
+    if kind == "checkpoint" and data["kind"] != "checkpoint":
+        raise UsageError(
+            f"{path} is a final model (--save-model), not a training checkpoint: evaluate it with --evaluate {path}; "
+            "training continues only from a checkpoint.ckpt (--checkpoint-every, or written on SIGTERM / Ctrl-C)"
+        )
+    return data
+
+
+def args_from_dict(d: dict) -> Args:
+    names = {f.name for f in fields(Args)}
+    return Args(**{k: v for k, v in d.items() if k in names})
+
+
+def config_diff(saved: dict, args: Args) -> list:
+    return [f"{k}={saved.get(k)!r} (now {v!r})" for k, v in vars(args).items() if k not in RESUME_FREE and saved.get(k) != v]
+
+
+def training_state(agent, optims, global_step: int) -> dict:
+    """Networks, optimizers (with their warm-up schedules) and every RNG the training draws from."""
+    np_rng = np.random.get_state()
+    rng = {
+        "python": random.getstate(),
+        "numpy": [np_rng[0], np_rng[1].tolist(), *np_rng[2:]],  # (a list of ints: no numpy array in the file)
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    opt_states = [{**{k: o.state_dict() for k, o in opts.items()}, "sched": sched.state_dict()} for opts, sched in optims]
+    return {"agent": agent.state_dict(), "optims": opt_states, "global_step": global_step, "rng": rng}
+
+
+def replay_arrays(replays) -> dict:
+    """Every level's replay as flat numpy arrays for np.savez (level i: L{i}_count, L{i}_keys, L{i}_rng, L{i}_data_*)."""
+    arrays = {}
+    for i, r in enumerate(replays):
+        state = r.state_dict()
+        arrays |= {f"L{i}_count": state["count"], f"L{i}_keys": state["keys"], f"L{i}_rng": np.array(json.dumps(state["rng"]))}
+        arrays |= {f"L{i}_data_{k}": v for k, v in state["data"].items()}
+    return arrays
+
+
+def load_replays(replays, f):
+    """The inverse of replay_arrays, from an open .npz."""
+    for i, r in enumerate(replays):
+        data = {k[len(f"L{i}_data_") :]: f[k] for k in f.files if k.startswith(f"L{i}_data_")}
+        rng = json.loads(str(f[f"L{i}_rng"]))
+        r.load_state_dict({"count": f[f"L{i}_count"], "keys": f[f"L{i}_keys"], "rng": rng, "data": data})
+
+
+class Checkpoints:
+    """Resume, checkpoints and stop signals of one training run (the helper that keeps main() a plain loop).
+
+    A checkpoint is one unit of two files in runs/{run_name}/:
+        checkpoint.step{N}.replay.npz   the replays of all levels after global_step N (N is stored inside too)
+        checkpoint.ckpt                 networks, optimizers, RNG states, counters and flags; names its replay file
+    save() writes the replays under their new name, then replaces checkpoint.ckpt, each through a .tmp<pid> file that
+    is flushed to the disk and renamed; the second rename is the commit. Only after it are older replay files deleted.
+    A kill at any instant thus leaves the old pair or the new pair, plus unnamed files that the next run here deletes.
+    read() refuses a pair whose step counters differ."""
+
+    latest = "no checkpoint was written"  # self.last() of the current run, for an error outside this class (__main__)
+
+    def __init__(self, args: Args, run_name: str, saved: Optional[dict] = None):
+        self.args, self.run_name, self.dir = args, run_name, f"runs/{run_name}"
+        self.path = os.path.join(self.dir, "checkpoint.ckpt")
+        same = saved is not None and os.path.abspath(args.resume) == os.path.abspath(self.path)
+        self.step = int(saved["global_step"]) if saved else None  # global_step of the last committed checkpoint
+        self.last_path = args.resume if saved else None
+        self.saved_step = self.step if same else None  # the checkpoint in self.path holds this step already
+        self.keep = saved["replay"] if same else None  # the replay file that self.path names
+        self.stop, self.writing = None, False  # the stop signal received; a write is under way
+        Checkpoints.latest = self.last()
+
+    # ------------------------------------------------------------------------------------------------ resume
+    @staticmethod
+    def read(args: Args) -> dict:
+        """Load and check the --resume checkpoint before anything is created: kind, flags, steps left, its replay."""
+        saved = load_file(args.resume, kind="checkpoint")
+        diff = config_diff(saved["args"], args)
+        if diff:
+            raise UsageError(f"{args.resume} was written with other flags: {', '.join(diff)}")
+        step = int(saved["global_step"])
+        if step >= args.total_timesteps:
+            raise UsageError(f"{args.resume} is at global_step={step}: pass a larger --total-timesteps to continue")
+        saved["replay_path"], empty = None, " (--no-checkpoint-replay resumes with an empty replay)"
+        if saved["replay"]:
+            path = os.path.join(os.path.dirname(args.resume), saved["replay"])
+            if os.path.isfile(path):
+                try:
+                    with np.load(path) as f:
+                        replay_step = int(f["global_step"])
+                except Exception:
+                    raise UsageError(f"cannot read {path}: corrupt replay file{empty}") from None
+                if replay_step != step:
+                    raise UsageError(
+                        f"{path} holds the replay of global_step={replay_step}, but {args.resume} is at global_step={step}: "
+                        f"the two are not one checkpoint{empty}"
+                    )
+                saved["replay_path"] = path
+            elif args.checkpoint_replay:
+                raise UsageError(f"{path} not found: the checkpoint names it as its replay{empty}")
+        return saved
+
+    def restore(self, saved: dict, agent, optims, replays) -> tuple[int, dict]:
+        """The saved training state put into agent, optims and replays: returns (global_step, the loop's counters)."""
+        path = self.args.resume
+        try:
+            agent.load_state_dict(saved["agent"])
+            for (opts, sched), state in zip(optims, saved["optims"], strict=True):
+                for k, opt in opts.items():
+                    opt.load_state_dict(state[k])
+                sched.load_state_dict(state["sched"])
+        except (RuntimeError, KeyError, ValueError):
+            raise UsageError(
+                f"{path}: the saved training state does not match this model (different spaces or sizes?)"
+            ) from None
+        for i, (lv, (opts, sched)) in enumerate(zip(agent.levels, optims, strict=True)):
+            count = max([int(s["step"]) for s in opts["wm"].state.values()], default=0)
+            if count != lv.updates or sched.last_epoch != lv.updates:
+                raise UsageError(
+                    f"{path} is inconsistent: level {i} has {lv.updates} updates, but an optimizer state after {count}"
+                )
+        if saved["replay_path"]:
+            try:
+                with np.load(saved["replay_path"]) as f:
+                    load_replays(replays, f)
+            except Exception:
+                raise UsageError(f"cannot read {saved['replay_path']}: corrupt replay file") from None
+        rng = saved["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(tuple(rng["numpy"]))
+        torch.set_rng_state(rng["torch"])
+        if torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        updates = agent.levels[0].updates
+        print(f"resumed from {path} at global_step={self.step}, updates={updates}, replay={replays[0].steps()}")
+        return self.step, saved["counters"]
+
+    # ------------------------------------------------------------------------------------------------ writing
+    def open_run_dir(self):
+        """Create the run directory (once every check has passed) and delete what interrupted writes left in it."""
+        check_writable(self.dir)
+        if self.args.capture_video:
+            check_writable(f"videos/{self.run_name}")
+        os.makedirs(self.dir, exist_ok=True)
+        self.clean(keep=self.keep)
+
+    def save(self, agent, optims, replays, global_step: int, **counters) -> str:
+        """Commit the training state and its replays as one checkpoint (see the class docstring); returns its path.
+        `counters`: the loop's other state (plain values), given back by restore()."""
+        if global_step == self.saved_step:
+            return self.path  # nothing has changed since the last one
+        self.writing = True
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+            name = f"checkpoint.step{global_step}.replay.npz" if self.args.checkpoint_replay else ""
+            if name:  # 1. the replays under a name no checkpoint uses yet
+                arrays = replay_arrays(replays)
+                atomic_write(os.path.join(self.dir, name), lambda f: np.savez(f, global_step=global_step, **arrays))
+            state = training_state(agent, optims, global_step)
+            save_file(self.path, self.args, {"run_name": self.run_name, **state, "replay": name, "counters": counters})  # 2.
+            if hasattr(os, "O_DIRECTORY"):  # the renames themselves reach the disk (POSIX)
+                fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+                os.fsync(fd)
+                os.close(fd)
+            self.step, self.saved_step, self.last_path = global_step, global_step, self.path
+            Checkpoints.latest = self.last()
+            self.clean(keep=name)  # 3. the older replay files
+        except (UsageError, OSError) as e:
+            message = str(e) if isinstance(e, UsageError) else f"cannot write into {self.dir}: {e.strerror or e}"
+            raise UsageError(f"{message}; {self.last()}") from None
+        finally:
+            self.writing = False
+        return self.path
+
+    def save_for_inspection(self, agent, optims, global_step: int) -> str:
+        """The training state after a non-finite loss (no replay), next to the last good checkpoint, which stays."""
+        path = os.path.join(self.dir, "checkpoint_nonfinite.ckpt")
+        save_file(path, self.args, {"run_name": self.run_name, **training_state(agent, optims, global_step), "replay": ""})
+        return path
+
+    def clean(self, keep: Optional[str]):
+        """Delete the temporaries of processes that are gone and, unless keep is None, the replay files other than keep."""
+        for name in os.listdir(self.dir):
+            tmp = re.fullmatch(r".+\.tmp(\d+)", name)
+            if tmp:
+                stale = not writing_elsewhere(int(tmp.group(1)))
+            else:
+                stale = keep is not None and name != keep and re.fullmatch(r"checkpoint\.step\d+\.replay\.npz", name)
+            if stale:
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(self.dir, name))
+
+    def stopped(self, global_step: int, path: str) -> Stopped:
+        name, more = signal.Signals(self.stop).name, f"continue with the same command plus --resume {path}"
+        return Stopped(f"stopped by {name} at global_step={global_step}; checkpoint written to {path} ({more})", self.stop)
+
+    def last(self) -> str:
+        if self.last_path is None:
+            return "no checkpoint was written"
+        return f"the last checkpoint is {self.last_path} at global_step={self.step}"
+
+    # ------------------------------------------------------------------------------------------------ stop signals
+    def catch_signals(self):
+        """SIGTERM (kill, a cluster's pre-emption) or Ctrl-C: finish the current step, write a checkpoint, stop. Repeated
+        signals wait for that write; only a second Ctrl-C before the write starts stops at once (the last committed
+        checkpoint stays valid)."""
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, self._on_signal)
+
+    def _on_signal(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.stop is None:
+            self.stop, note = signum, "finishing this step, then writing a checkpoint and stopping"
+        elif self.writing or signum == signal.SIGTERM:
+            note = "already stopping: the checkpoint is written first"
+        else:
+            raise Stopped(f"stopped at once by a second {name}; {self.last()}", signum)
+        os.write(2, f"{name}: {note}\n".encode())  # os.write, not print: print here may hit a print of the loop
+
+
+def writing_elsewhere(pid: int) -> bool:
+    """Whether path.tmp<pid> may be a write under way: process pid runs and is not this one (ours are never left over)."""
+    if pid == os.getpid() or os.name != "posix":
+        return pid != os.getpid()  # (off POSIX, os.kill cannot only ask: keep the file)
+    try:
+        os.kill(pid, 0)  # signal 0 only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, as another user's process
+        pass
+    return True
+
+
+def evaluate(
+    model_path,
+    make_env,
+    env_id,
+    eval_episodes,
+    run_name,
+    Model=None,
+    device=torch.device("cpu"),
+    capture_video=False,
+    seed=1,
+    greedy=True,
+):
+    """CleanRL's evaluation signature: load a saved model (or checkpoint), run greedy episodes, return the episodic
+    returns. env_id None: the env the model was trained on. Prints one line: the mean and std of the return (Crafter:
+    + score)."""
+    torch.manual_seed(seed)  # the posterior z is still sampled in greedy evaluation: --seed makes it reproducible
+    saved = load_file(model_path)
+    if capture_video:
+        check_writable(f"videos/{run_name}")
+    args = args_from_dict(saved["args"])
+    env_id = args.env_id if env_id is None else env_id
+    thunks = [make_env(env_id, seed, 0, capture_video, run_name)]
+    envs = gym.vector.SyncVectorEnv(thunks, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    agent = (Model or Agent)(envs.single_observation_space, envs.single_action_space, args).to(device)
+    try:
+        agent.load_state_dict(saved["agent"])
+    except RuntimeError:
+        if args.env_id != env_id:
+            raise UsageError(f"{model_path} was trained on --env-id {args.env_id}, not {env_id}") from None
+        raise UsageError(f"{model_path}: the saved model does not match this model (different spaces or sizes?)") from None
+    agent.eval()
+    runner = HierarchyRunner(agent, 1, args, device, greedy=greedy)
+    obs, _ = envs.reset(seed=seed)
+    flags = common.EpisodeFlags(1)
+    is_first, is_last, reward, is_terminal = flags.reset(), np.zeros(1, bool), np.zeros(1), np.zeros(1, bool)
+    episodes = []
+    while len(episodes) < eval_episodes:
+        tt = lambda x: torch.as_tensor(x, device=device)
+        action, _ = runner.step(tt(obs), tt(reward), tt(is_first), tt(is_terminal), first=is_first, last=is_last)
+        obs, reward, term, trunc, infos = envs.step(env_action(action, envs.single_action_space))
+        is_first, is_last, is_terminal = flags.step(term, trunc)
+        episodes += common.episode_stats(infos)
+    envs.close()
+    returns = [e["r"] for e in episodes[:eval_episodes]]
+    line = f"eval: {len(returns)} episodes, return {np.mean(returns):.2f} +- {np.std(returns):.2f}"
+    achievements = [e["achievements"] for e in episodes[:eval_episodes] if e["achievements"] is not None]
+    if achievements:
+        line += f", crafter score {common.crafter_score(common.crafter_success_rates(achievements)):.2f} %"
+    print(line)
+    return returns
+
+
+# ======================================================================================================================
+# 11. Main loop (CleanRL skeleton): all levels act in the envs, store records, train at the train ratio, log, checkpoint
+# ======================================================================================================================
+
+
+def duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 1440}d{minutes // 60 % 24:02d}h" if minutes >= 1440 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+class Progress:
+    """Progress lines on stdout: at every multiple of --log-every policy steps (with the TensorBoard scalars) and at least
+    every 30 s. The ETA uses the step rate since this process's first update ended, so neither the fast prefill with
+    the initial policy nor the first update (allocations; torch.compile with --compile) is averaged in; a few updates
+    later it says once how long the whole run takes."""
+
+    def __init__(self, args: Args, device, global_step: int, updates: int):
+        self.args, self.device, self.t0, self.step0, self.updates0 = args, device, time.time(), global_step, updates
+        self.first = None  # when this process's first update started
+        self.train = None  # (time, global_step, updates) once it has ended
+        self.printed, self.told = self.t0, False
+        if global_step < args.learning_starts:
+            print(
+                f"collecting {args.learning_starts - global_step:,} policy steps with the initial policy before the first "
+                "update (--learning-starts)",
+                flush=True,
+            )
+
+    def before_update(self):
+        if self.first is None:
+            self.first = time.time()
+            note = "; torch.compile compiles the world-model loss first, a one-off of minutes" if self.args.compile else ""
+            print(f"training starts: the first update of every level whose replay holds a batch{note}", flush=True)
+
+    def after_updates(self, global_step: int, updates: int):
+        now = time.time()
+        if self.first is None:  # no update in this process yet (none was due)
+            return
+        if self.train is None:
+            self.train = (now, global_step, updates)
+            print(f"the first update took {now - self.first:.0f} s", flush=True)
+        elif not self.told and updates - self.train[2] >= 3 and now - self.train[0] >= 10 and global_step > self.train[1]:
+            self.told, left, total = True, self.eta(global_step), self.args.total_timesteps
+            print(f"estimate: this run reaches step {total:,} in about {duration(left)} at the speed of its updates so far")
+            if self.device.type == "cpu" and left > 3600:
+                print(f"that is hours on this CPU; for a first look, try the CartPole quick start: {QUICK_START}", flush=True)
+
+    def eta(self, global_step: int) -> float:
+        t, s, _ = self.train
+        return (self.args.total_timesteps - global_step) * (time.time() - t) / max(global_step - s, 1)
+
+    def sps(self, global_step: int) -> float:
+        return (global_step - self.step0) / max(time.time() - self.t0, 1e-9)
+
+    def ups(self, updates: int) -> float:
+        return (updates - self.updates0) / max(time.time() - self.t0, 1e-9)
+
+    def log(self, global_step: int, updates: int, metrics: dict, extra: str = "") -> bool:
+        """A progress line at every multiple of --log-every and at the end (then returns True: time for the TensorBoard
+        scalars), and whenever 30 s have passed. metrics: level 0's latest."""
+        now, args = time.time(), self.args
+        grid = global_step % args.log_every < args.num_envs or global_step >= args.total_timesteps
+        if grid or now - self.printed >= 30:
+            self.printed = now
+            eta = duration(self.eta(global_step)) if self.train and global_step > self.train[1] else "-"  # "-": no rate yet
+            loss = f"{float(metrics['wm_loss'].detach()):.3f}" if "wm_loss" in metrics else "-"  # "-": no update yet
+            line = f"step {global_step}/{args.total_timesteps} | SPS {self.sps(global_step):.1f} | updates {updates}"
+            print(f"{line} | ETA {eta} | loss {loss}{extra}")
+        return grid
 
 
 def code_usage(codes):
@@ -1463,42 +2022,93 @@ def code_usage(codes):
     return categorical_entropy(p).mean().item(), distinct, (ids + CODE_CLASSES * torch.arange(CODE_FACTORS, device=ids.device))
 
 
-# ======================================================================================================================
-# 11. Main: the CleanRL skeleton
-# ======================================================================================================================
+def log_scalars(writer, args: Args, metrics: list, runner, optims, replays, progress: Progress, global_step: int):
+    """TensorBoard: every level's latest losses/*_L{i}, opt/grad_norm_L{i} (world model, before clipping), hieros/*_L{i}
+    (imagined rewards, return scales, values), subgoal/* since the last call; CleanRL's charts/*."""
+    for i, m in enumerate(metrics):
+        for k, v in m.items():
+            group = "opt" if k == "grad_norm" else "hieros" if k.startswith(("imag_", "return_scale", "value_")) else "losses"
+            writer.add_scalar(f"{group}/{k}_L{i}", float(v.detach()) if torch.is_tensor(v) else v, global_step)
+        if runner.emitted[i]:
+            ent, distinct, slots = code_usage(list(runner.emitted[i]))
+            writer.add_scalar(f"subgoal/code_entropy_L{i}", ent, global_step)
+            writer.add_scalar(f"subgoal/distinct_codes_L{i}", distinct, global_step)
+            writer.add_histogram(f"subgoal/code_slots_L{i}", slots.flatten().cpu(), global_step, bins=64)
+            runner.emitted[i].clear()
+        if runner.achieved[i]:
+            achieved = torch.stack(list(runner.achieved[i])).mean().item()
+            writer.add_scalar(f"subgoal/achieved_reward_L{i}", achieved, global_step)
+            runner.achieved[i].clear()
+    updates, sps = runner.levels[0].updates, int(progress.sps(global_step))
+    writer.add_scalar("charts/SPS", sps, global_step)
+    writer.add_scalar("charts/updates", updates, global_step)
+    writer.add_scalar("charts/train_ratio", updates * args.batch_size * args.batch_length / max(1, global_step), global_step)
+    writer.add_scalar("charts/UPS", progress.ups(updates), global_step)
+    writer.add_scalar("charts/replay_size", replays[0].steps(), global_step)
+    writer.add_scalar("charts/learning_rate", optims[0][0]["wm"].param_groups[0]["lr"], global_step)
+    if args.env_id.startswith("atari100k_"):
+        writer.add_scalar("charts/FPS", 4 * sps, global_step)
 
 
-def main(args):
-    validate(args)
-    if args.learning_starts is None:
-        args.learning_starts = args.batch_size * args.batch_length
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+def log_episodes(writer, infos: dict, global_step: int, episodes_ach: list) -> int:
+    """Print and log the episodes that ended in this step (returns how many); Crafter: success rates over all training
+    episodes so far."""
+    finished = common.episode_stats(infos)
+    for ep in finished:
+        print(f"global_step={global_step}, episodic_return={ep['r']:.2f}")
+        writer.add_scalar("charts/episodic_return", ep["r"], global_step)
+        writer.add_scalar("charts/episodic_length", ep["l"], global_step)
+        if ep["achievements"] is not None:
+            episodes_ach.append(ep["achievements"])
+            rates = common.crafter_success_rates(episodes_ach)
+            writer.add_scalar("charts/crafter_score", common.crafter_score(rates), global_step)
+            for name, rate in zip(common.CRAFTER_ACHIEVEMENTS, rates, strict=True):
+                writer.add_scalar(f"achievements/{name}", rate, global_step)
+    return len(finished)
+
+
+def save_and_evaluate(args: Args, agent, run_name: str, writer, eval_kw: dict):
+    """--save-model: the final model to runs/{run_name}/{exp_name}.cleanrl_model, then --eval-episodes episodes with it."""
+    model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
+    save_file(model_path, args, {"agent": agent.state_dict()})
+    print(f"model saved to {model_path}")
+    if args.eval_episodes > 0:
+        returns = evaluate(model_path, common.make_env, args.env_id, args.eval_episodes, f"{run_name}-eval", **eval_kw)
+        for idx, episodic_return in enumerate(returns):
+            writer.add_scalar("eval/episodic_return", episodic_return, idx)
+
+
+def describe(device, agent, args: Args):
+    """The device in use (with a warning on the CPU) and the model's size, printed at the start."""
+    print(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    if device.type == "cpu":
+        why = "--no-cuda" if not args.cuda else "this torch build sees no CUDA GPU"
+        print(
+            f"WARNING: torch runs on the CPU ({why}). That is for tests and small models; HIEROS at the paper size needs "
+            "a GPU and a CUDA build of torch (--cuda is on by default)."
+        )
+    print(f"model {args.model_size}, {args.max_hierarchy} levels: {sum(p.numel() for p in agent.parameters()):,} parameters")
+
+
+def env_spaces(env_id: str):
+    """(observation space, action space) of env_id, read from one env that is closed again."""
+    env = common.make_env(env_id, 0, 0, False, "")()
+    spaces = env.observation_space, env.action_space
+    env.close()
+    return spaces
+
+
+def main(args: Args):
+    args = check_args(args)
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+    eval_kw = dict(device=device, capture_video=args.capture_video, seed=args.seed)
     if args.evaluate:
-        run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}-eval"
-        returns = evaluate(args.evaluate, make_env, args.env_id, args.eval_episodes, run_name, device=device,
-                           capture_video=args.capture_video, seed=args.seed)  # fmt: skip
-        print(f"mean eval return over {len(returns)} episodes: {np.mean(returns) if returns else float('nan'):.3f}")
+        evaluate(args.evaluate, common.make_env, args.env_id, args.eval_episodes, "eval", **eval_kw)
         return
-    resume = load_file(args.resume) if args.resume else None
-    if resume is not None:
-        if resume.get("kind") != "checkpoint":
-            raise UsageError(f"{args.resume} is a final model, not a training checkpoint (use --evaluate for it)")
-        diff = config_mismatch(resume["args"], {**vars(args), "learning_starts": args.learning_starts})
-        if diff:
-            raise UsageError(f"config mismatch with checkpoint {args.resume}: " + "; ".join(diff))
-        if resume["global_step"] >= args.total_timesteps:
-            raise UsageError(f"{args.resume} is at global_step={resume['global_step']}: pass a larger --total-timesteps "
-                             f"than {args.total_timesteps} to continue")  # fmt: skip
-    run_name = resume["run_name"] if resume else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    envs = make_vector_env(args.env_id, args.num_envs, args.seed, args.capture_video, run_name)  # EnvIdError -> exit 2
-    if args.track:
-        import wandb
-
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
-                   name=run_name, monitor_gym=True, save_code=True)  # fmt: skip
-    writer = SummaryWriter(f"runs/{run_name}")
-    table = "\n".join([f"|{k}|{v}|" for k, v in vars(args).items()])
-    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+    # every check before anything is created: the checkpoint to resume, the spaces, the replays' RAM, writable folders
+    saved = Checkpoints.read(args) if args.resume else None
+    run_name = saved["run_name"] if saved else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    obs_space, act_space = env_spaces(args.env_id)
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -1508,84 +2118,52 @@ def main(args):
     if args.threads > 0 or args.model_size == "debug":
         torch.set_num_threads(args.threads if args.threads > 0 else 1)
 
-    print(f"device: {device}")
-    if device.type == "cpu":
-        print("=" * 100 + "\nWARNING: running on the CPU. Fine for tests and tiny models; training HIEROS at the paper size "
-              "needs a GPU (pass --cuda and install a CUDA torch).\n" + "=" * 100, file=sys.stderr)  # fmt: skip
-    obs_space, act_space = envs.single_observation_space, envs.single_action_space
-    assert isinstance(act_space, (gym.spaces.Discrete, gym.spaces.Box)), "only Discrete and Box action spaces are supported"
-
-    # ALGO LOGIC: initialize agent here:
-    agent = Agent(obs_space, act_space, args).to(device)
+    # ALGO LOGIC: initialize agent here (every level's networks, optimizers and replay)
+    agent = Agent(obs_space, act_space, args).to(device)  # refuses spaces the networks cannot take
+    replays = make_replays(agent, obs_space, args)  # refuses replays beyond this machine's RAM
     optims = [make_optimizers(lv, args) for lv in agent.levels]
-    replays = [SequenceReplay(args.buffer_size, args.num_envs, args.batch_length, replay_spec(lv, obs_space), args,
-                              args.seed + 1000 * i) for i, lv in enumerate(agent.levels)]  # fmt: skip
+    ckpt = Checkpoints(args, run_name, saved)
+    global_step, counters = ckpt.restore(saved, agent, optims, replays) if saved else (0, {})
+    n_train_calls, credit = counters.get("n_train_calls", 0), counters.get("credit", 0.0)
+    episodes, achievements = counters.get("episodes", 0), counters.get("achievements", [])
+    ckpt.open_run_dir()  # checks that it (and videos/{run_name} with --capture-video) can be written, then creates it
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=vars(args),
+            name=run_name,
+            monitor_gym=True,
+            save_code=True,
+        )
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    describe(device, agent, args)
     loss_fn = torch.compile(wm_loss) if args.compile else wm_loss
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16_autocast)
-    global_step, n_train_calls, n_updates, credit, achievements = 0, 0, 0, 0.0, []
-    if resume is not None:
-        agent.load_state_dict(resume["agent"])
-        for (opts, sched), state in zip(optims, resume["optims"], strict=True):
-            for k, o in opts.items():
-                o.load_state_dict(state[k])
-            sched.load_state_dict(state["sched"])
-        if resume.get("replays"):
-            for r, state in zip(replays, resume["replays"], strict=True):
-                r.load_state_dict(state)
-        global_step, n_train_calls, n_updates, credit = (
-            resume[k] for k in ("global_step", "n_train_calls", "n_updates", "credit")
-        )
-        achievements = list(resume.get("achievements", []))  # Crafter: episodes so far (files before it: none)
-        random.setstate(resume["rng"]["python"])
-        np.random.set_state(resume["rng"]["numpy"])
-        torch.set_rng_state(resume["rng"]["torch"])
-        cuda_rng = resume["rng"].get("cuda") or []  # files before "cuda", or written on a CPU: none
-        if torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_rng)
-        print(f"resumed from {args.resume} at global_step={global_step}, updates={n_updates}")
 
-    def training_state():
-        return {"kind": "checkpoint", "args": vars(args), "run_name": run_name, "agent": agent.state_dict(),
-                "optims": [{**{k: o.state_dict() for k, o in opts.items()}, "sched": sched.state_dict()}
-                           for opts, sched in optims],
-                "replays": [r.state_dict() for r in replays] if args.checkpoint_replay else None,
-                "global_step": global_step, "n_train_calls": n_train_calls, "n_updates": n_updates, "credit": credit,
-                "achievements": achievements, "episodes": episodes,
-                "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                        "torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}  # fmt: skip
-
-    runner = HierarchyRunner(agent, args.num_envs, args, device)
-    metrics = [dict() for _ in agent.levels]  # the latest metrics of each level (tensors: no host sync until logging)
-    nonfinite = {}  # term -> accumulated "was non-finite" flag (a tensor)
-    episodes = resume.get("episodes", 0) if resume else 0  # finished training episodes (files before it: 0)
-    updates_per_step = args.train_ratio / (args.batch_size * args.batch_length)
+    def save_checkpoint() -> str:
+        c = {"n_train_calls": n_train_calls, "credit": credit, "episodes": episodes, "achievements": achievements}
+        return ckpt.save(agent, optims, replays, global_step, **c)
 
     # TRY NOT TO MODIFY: start the game
-    start_time, start_step, start_updates = time.time(), global_step, n_updates
+    envs = common.make_vector_env(args.env_id, args.num_envs, args.seed, args.capture_video, run_name)
     obs, _ = envs.reset(seed=args.seed + global_step)  # a resumed run must not replay the first run's episodes
-    flags = EpisodeFlags(args.num_envs)
+    flags = common.EpisodeFlags(args.num_envs)
     is_first, is_last = flags.reset(), np.zeros(args.num_envs, bool)
     reward, is_terminal = np.zeros(args.num_envs, np.float32), np.zeros(args.num_envs, bool)
-    next_progress = (global_step // args.progress_every + 1) * args.progress_every
-    next_ckpt = (global_step // args.checkpoint_every + 1) * args.checkpoint_every if args.checkpoint_every else None
-    last_log_update = n_updates
+    runner = HierarchyRunner(agent, args.num_envs, args, device)
+    metrics = [dict() for _ in agent.levels]  # the latest metrics of each level (tensors: no host sync until logging)
+    nonfinite = {}  # loss term -> accumulated "was non-finite" flag (a tensor)
     charted = [False] * len(agent.levels)  # whether a level's first actor update (its entropy) was charted yet
-    chart_now = False  # a log line right after each level's first actor update: exploration is visible from the start
-
-    # SIGTERM (kill, a cluster's pre-emption) or Ctrl-C: finish the current step, write a checkpoint, stop. A second
-    # signal stops at once (then the last periodic checkpoint is the one to resume from).
-    stop = []
-
-    def request_stop(signum, frame):
-        if stop:
-            raise KeyboardInterrupt
-        stop.append(signum)  # os.write, not print: a handler that prints while the loop prints raises "reentrant call"
-        os.write(2, f"{signal.Signals(signum).name}: writing a checkpoint, then stopping (again to stop at once)\n".encode())
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    while global_step < args.total_timesteps and not stop:
+    chart_now = False  # scalars right after each level's first actor update: exploration is visible from the start
+    updates_per_step = args.train_ratio / (args.batch_size * args.batch_length)  # level-0 updates per policy step
+    progress = Progress(args, device, global_step, agent.levels[0].updates)
+    ckpt.catch_signals()
+    while global_step < args.total_timesteps and ckpt.stop is None:
         # ALGO LOGIC: action logic (all levels filter and decide; records go to each acting level's replay)
         agent.eval()
         tt = lambda x: torch.as_tensor(x, device=device)
@@ -1600,118 +2178,63 @@ def main(args):
         is_first, is_last, is_terminal = flags.step(terminations, truncations)
         reward = reward.astype(np.float32)
         global_step += args.num_envs
-        for ep in episode_stats(infos):
-            episodes += 1
-            print(f"global_step={global_step}, episodic_return={ep['r']:.2f}")
-            writer.add_scalar("charts/episodic_return", ep["r"], global_step)
-            writer.add_scalar("charts/episodic_length", ep["l"], global_step)
-            if ep["achievements"] is not None:
-                achievements.append(ep["achievements"])
-                rates = crafter_success_rates(achievements)
-                for name, rate in zip(CRAFTER_ACHIEVEMENTS, rates, strict=True):
-                    writer.add_scalar(f"achievements/{name}", rate, global_step)
-                writer.add_scalar("charts/crafter_score", crafter_score(rates), global_step)
+        episodes += log_episodes(writer, infos, global_step, achievements)
 
         # ALGO LOGIC: training (train_ratio / (B T) level-0 updates per policy step; level L on every 4^L-th call)
         if global_step >= args.learning_starts:
             credit += args.num_envs * updates_per_step
             while credit >= 1.0:
                 credit -= 1.0
-                for i, (lv, (opts, sched)) in enumerate(zip(agent.levels, optims, strict=True)):
-                    # a level trains on its 4^L-th calls (the original's Hieros.train), once its replay holds a batch
-                    if not level_trains(n_train_calls, i, args.subactor_train_every) or len(replays[i]) < args.batch_size:
-                        continue
-                    m = train_level(
-                        lv, opts, sched, to_batch(replays[i].sample(args.batch_size), device), args, loss_fn, autocast
-                    )
-                    metrics[i] = m
-                    if "entropy" in m and not charted[i]:
+                progress.before_update()
+                for i in train_call(agent, optims, replays, n_train_calls, args, loss_fn, autocast, metrics, nonfinite):
+                    if "entropy" in metrics[i] and not charted[i]:
                         charted[i] = chart_now = True
-                    for k in ("wm_loss", "actor", "critic"):
-                        if k not in m:  # before --behavior-starts only the world model trains
-                            continue
-                        key = f"{k}_L{i}"
-                        nonfinite[key] = nonfinite.get(key, False) | ~torch.isfinite(m[k])
-                    n_updates += i == 0
                 n_train_calls += 1
+            progress.after_updates(global_step, agent.levels[0].updates)
 
-        if chart_now or n_updates - last_log_update >= args.log_every or global_step >= args.total_timesteps:
-            if n_updates - last_log_update >= args.log_every:
-                last_log_update = n_updates  # (an extra log line for a first actor update keeps the log_every grid)
+        # TRY NOT TO MODIFY: record rewards for plotting purposes
+        if progress.log(global_step, agent.levels[0].updates, metrics[0], f" | episodes {episodes}") or chart_now:
             chart_now = False
             bad = [k for k, v in nonfinite.items() if bool(v)]
             if bad:
-                path = f"runs/{run_name}/checkpoint_nonfinite.pt"
-                write_atomic(training_state(), path)
-                print(f"non-finite loss detected in losses/{bad[0]} (all: {', '.join(bad)}) at update {n_updates}; "
-                      f"training state written to {path}", file=sys.stderr)  # fmt: skip
-                writer.close()
-                envs.close()
-                sys.exit(1)
-            for i, m in enumerate(metrics):
-                for k, v in m.items():
-                    group = "hieros" if k.startswith(("imag_", "return_scale", "value_")) else "losses"
-                    writer.add_scalar(f"{group}/{k}_L{i}", float(v.detach()) if torch.is_tensor(v) else v, global_step)
-                if runner.emitted[i]:
-                    ent, distinct, slots = code_usage(list(runner.emitted[i]))
-                    writer.add_scalar(f"subgoal/code_entropy_L{i}", ent, global_step)
-                    writer.add_scalar(f"subgoal/distinct_codes_L{i}", distinct, global_step)
-                    writer.add_histogram(f"subgoal/code_slots_L{i}", slots.flatten().cpu(), global_step, bins=64)
-                    runner.emitted[i].clear()
-                if runner.achieved[i]:
-                    writer.add_scalar(
-                        f"subgoal/achieved_reward_L{i}", torch.stack(list(runner.achieved[i])).mean().item(), global_step
-                    )
-                    runner.achieved[i].clear()
-            sps = int((global_step - start_step) / (time.time() - start_time))
-            writer.add_scalar("charts/SPS", sps, global_step)
-            writer.add_scalar("charts/updates", n_updates, global_step)
-            writer.add_scalar(
-                "charts/train_ratio", n_updates * args.batch_size * args.batch_length / max(1, global_step), global_step
-            )
-            writer.add_scalar("charts/UPS", (n_updates - start_updates) / max(1e-9, time.time() - start_time), global_step)
-            writer.add_scalar("charts/learning_rate", optims[0][0]["wm"].param_groups[0]["lr"], global_step)
-            if args.env_id.startswith("atari100k_"):
-                writer.add_scalar("charts/FPS", 4 * sps, global_step)
+                path = ckpt.save_for_inspection(agent, optims, global_step)
+                raise FloatingPointError(
+                    f"non-finite loss detected in losses/{bad[0]} (all: {', '.join(bad)}) at update "
+                    f"{agent.levels[0].updates}; training state written to {path}"
+                )
+            log_scalars(writer, args, metrics, runner, optims, replays, progress, global_step)
+        if args.checkpoint_every and global_step % args.checkpoint_every < args.num_envs:
+            print(f"checkpoint written to {save_checkpoint()} at global_step={global_step}")
 
-        if global_step >= next_progress or global_step >= args.total_timesteps:
-            next_progress += args.progress_every
-            elapsed = time.time() - start_time
-            sps = (global_step - start_step) / max(elapsed, 1e-9)
-            eta = (args.total_timesteps - global_step) / max(sps, 1e-9)  # hours can exceed 24; "-" before training starts
-            eta = f"{int(eta // 3600)}h{int(eta % 3600 // 60):02d}m" if n_updates > 0 else "-"
-            print(f"step {global_step}/{args.total_timesteps} | SPS {sps:.1f} | updates {n_updates} | episodes {episodes} | "
-                  f"ETA {eta}")  # fmt: skip
-        if next_ckpt is not None and global_step >= next_ckpt:
-            next_ckpt += args.checkpoint_every
-            write_atomic(training_state(), f"runs/{run_name}/checkpoint.pt")
-            print(f"checkpoint written to runs/{run_name}/checkpoint.pt at global_step={global_step}")
-
-    if stop:
-        path = f"runs/{run_name}/checkpoint.pt"
-        write_atomic(training_state(), path)
-        writer.close()
-        envs.close()
-        print(f"stopped by {signal.Signals(stop[0]).name} at global_step={global_step}; checkpoint written to {path} "
-              f"(continue with the same command plus --resume {path})", file=sys.stderr)  # fmt: skip
-        sys.exit(128 + stop[0])
+    if ckpt.stop is not None or args.checkpoint_every:
+        path = save_checkpoint()
+        if ckpt.stop is not None:
+            envs.close()
+            writer.close()
+            raise ckpt.stopped(global_step, path)
     if args.save_model:
-        model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
-        write_atomic({"kind": "model", "args": vars(args), "agent": agent.state_dict()}, model_path)
-        print(f"model saved to {model_path}")
-        if args.eval_episodes > 0:
-            episodic_returns = evaluate(model_path, make_env, args.env_id, args.eval_episodes, f"{run_name}-eval",
-                                        device=device, capture_video=args.capture_video, seed=args.seed)  # fmt: skip
-            for idx, episodic_return in enumerate(episodic_returns):
-                writer.add_scalar("eval/episodic_return", episodic_return, idx)
+        save_and_evaluate(args, agent, run_name, writer, eval_kw)
     envs.close()
     writer.close()
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
+    sys.stdout.reconfigure(line_buffering=True)  # every line reaches a redirected log at once
     try:
-        main(args)
-    except (UsageError, EnvIdError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        main(tyro.cli(Args))
+        status, message = 0, ""
+    except (UsageError, common.EnvIdError) as e:
+        status, message = 2, f"error: {e}"
+    except FloatingPointError as e:
+        status, message = 1, f"error: {e}"
+    except Stopped as e:
+        status, message = 128 + e.signum, str(e)
+    except OSError as e:  # a write into the run's folders failed outside the checkpoint code (e.g. TensorBoard's)
+        if not (e.filename and os.fsdecode(e.filename).startswith(("runs", "videos"))):
+            raise
+        status, message = 2, f"error: cannot write {os.fsdecode(e.filename)}: {e.strerror or e}; {Checkpoints.latest}"
+    for s in (signal.SIGTERM, signal.SIGINT):  # a later signal ends the shutdown quietly (no "Exception ignored in atexit")
+        signal.signal(s, signal.SIG_DFL)
+    if message:
+        print(message, file=sys.stderr)
+    sys.exit(status)
