@@ -41,7 +41,7 @@ cartpole_8envs() {
       OMP_NUM_THREADS=1 python hieros_s5_torch.py --env-id CartPole-v1 --model-size small --num-envs 8 \
         --max-hierarchy "$levels" --exp-name "hieros_cartpole_L${levels}_8envs" --seed "$seed" --total-timesteps 12000 \
         --batch-size 8 --batch-length 16 --train-ratio 32 --model-lr 3e-4 --model-warmup 100 --actor-lr 1e-4 \
-        --critic-lr 1e-4 --threads 1 --log-every 50 --progress-every 500 --save-model --eval-episodes 10 "$@" \
+        --critic-lr 1e-4 --threads 1 --log-every 200 --save-model --eval-episodes 10 "$@" \
         | tee "runs/logs/hieros_cartpole_L${levels}_8envs_s${seed}.log"
     done
   done
@@ -55,14 +55,14 @@ crafter() {
     OMP_NUM_THREADS=1 python hieros_s5_torch.py --env-id crafter --model-size debug --max-hierarchy 3 \
       --exp-name hieros_crafter_L3 --seed "$seed" --total-timesteps 200000 --batch-size 8 --batch-length 32 \
       --train-ratio 32 --model-lr 3e-4 --model-warmup 100 --actor-lr 1e-4 --critic-lr 1e-4 --num-envs 4 --threads 1 \
-      --log-every 25 --progress-every 500 --checkpoint-every 10000 --save-model "$@" \
+      --log-every 200 --checkpoint-every 10000 --save-model "$@" \
       | tee "runs/logs/hieros_crafter_L3_s${seed}.log"
   done
   # the flat agent (1 level) with the same budget: the control for the hierarchy
   OMP_NUM_THREADS=1 python hieros_s5_torch.py --env-id crafter --model-size debug --max-hierarchy 1 \
     --exp-name hieros_crafter_L1 --seed 1 --total-timesteps 200000 --batch-size 8 --batch-length 32 --train-ratio 32 \
-    --model-lr 3e-4 --model-warmup 100 --actor-lr 1e-4 --critic-lr 1e-4 --num-envs 4 --threads 1 --log-every 25 \
-    --progress-every 500 --checkpoint-every 10000 --save-model "$@" | tee runs/logs/hieros_crafter_L1_s1.log
+    --model-lr 3e-4 --model-warmup 100 --actor-lr 1e-4 --critic-lr 1e-4 --num-envs 4 --threads 1 --log-every 200 \
+    --checkpoint-every 10000 --save-model "$@" | tee runs/logs/hieros_crafter_L1_s1.log
 }
 
 plot() {
