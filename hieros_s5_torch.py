@@ -1970,15 +1970,16 @@ class Progress:
                 flush=True,
             )
 
-    def before_update(self):
-        if self.first is None:
+    def before_update(self, keys: int):
+        """keys: training windows in level 0's replay (it trains once they make a batch)."""
+        if self.first is None and keys >= self.args.batch_size:
             self.first = time.time()
             note = "; torch.compile compiles the world-model loss first, a one-off of minutes" if self.args.compile else ""
             print(f"training starts: the first update of every level whose replay holds a batch{note}", flush=True)
 
     def after_updates(self, global_step: int, updates: int):
         now = time.time()
-        if self.first is None:  # no update in this process yet (none was due)
+        if self.first is None or updates == self.updates0:  # no update in this process yet
             return
         if self.train is None:
             self.train = (now, global_step, updates)
@@ -2109,6 +2110,7 @@ def main(args: Args):
     saved = Checkpoints.read(args) if args.resume else None
     run_name = saved["run_name"] if saved else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     obs_space, act_space = env_spaces(args.env_id)
+    check_obs_space(obs_space), action_spec(act_space)  # the spaces the networks can take, before they are built
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -2119,7 +2121,8 @@ def main(args: Args):
         torch.set_num_threads(args.threads if args.threads > 0 else 1)
 
     # ALGO LOGIC: initialize agent here (every level's networks, optimizers and replay)
-    agent = Agent(obs_space, act_space, args).to(device)  # refuses spaces the networks cannot take
+    print(f"building the networks of {args.max_hierarchy} levels (--model-size {args.model_size})", flush=True)
+    agent = Agent(obs_space, act_space, args).to(device)
     replays = make_replays(agent, obs_space, args)  # refuses replays beyond this machine's RAM
     optims = [make_optimizers(lv, args) for lv in agent.levels]
     ckpt = Checkpoints(args, run_name, saved)
@@ -2185,7 +2188,7 @@ def main(args: Args):
             credit += args.num_envs * updates_per_step
             while credit >= 1.0:
                 credit -= 1.0
-                progress.before_update()
+                progress.before_update(len(replays[0]))
                 for i in train_call(agent, optims, replays, n_train_calls, args, loss_fn, autocast, metrics, nonfinite):
                     if "entropy" in metrics[i] and not charted[i]:
                         charted[i] = chart_now = True
