@@ -1,10 +1,10 @@
 # docs and experiment results: README.md (HIEROS section) and docs/hieros.md
-"""HIEROS (Mattes, Schlosser, Herbrich, "HIEROS: Hierarchical Imagination on Structured State Space Sequence World
+r"""HIEROS (Mattes, Schlosser, Herbrich, "HIEROS: Hierarchical Imagination on Structured State Space Sequence World
 Models", ICML 2024, arXiv 2310.05167) in one PyTorch file.
 
     python hieros_s5_torch.py --env-id atari100k_pong                  # the paper's config, 3 levels (needs a GPU)
     python hieros_s5_torch.py --env-id crafter --total-timesteps 1000000
-    python hieros_s5_torch.py --env-id CartPole-v1 --model-size small --max-hierarchy 1 --train-ratio 256 \\
+    python hieros_s5_torch.py --env-id CartPole-v1 --model-size small --max-hierarchy 1 --train-ratio 256 \
         --batch-size 16 --batch-length 32 --total-timesteps 30000 --model-lr 3e-4 --actor-lr 3e-4 --critic-lr 3e-4
     python hieros_s5_torch.py --evaluate runs/<run>/hieros_s5_torch.cleanrl_model --eval-episodes 10
     python hieros_s5_torch.py --resume runs/<run>/checkpoint.ckpt ...  # ... = the first run's flags
