@@ -26,8 +26,8 @@ File map (numbered sections):
   0. Arguments                      5. Optimizer: AGC + LaProp + warm-up
   1. Numeric helpers                6. Replay buffer with stored latents
   2. Layers                         7. The agent: observe, imagine, losses, one jitted train step, policy step
-  3. World model networks           8. Checkpoints and evaluation
-  4. Actor and critic heads         9. Main loop (CleanRL skeleton)
+  3. World model networks           8. Checkpoints (state + replay as one unit), stop signals, evaluation
+  4. Actor and critic heads         9. Progress lines and the main loop (CleanRL skeleton)
   3b. THICK: high-level model and target extraction
 Shapes: B batch, T batch length, N = B*T imagination starts, H imagination horizon, D deter, S stoch latents,
 K classes per latent, F = D + S*K + C features, A action dim, C context dim, NA high-level actions.
@@ -43,6 +43,7 @@ import re
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -186,10 +187,11 @@ class Args:
     video_every: int = 10000
     """updates between open-loop prediction videos in TensorBoard (0 disables)"""
     checkpoint_every: int = 0
-    """write the full training state to runs/{run_name}/checkpoint.ckpt (+ its replay file) at every multiple of N policy
-    steps (0: only when stopped by SIGTERM or Ctrl-C)"""
+    """write the full training state to runs/{run_name}/checkpoint.ckpt at every multiple of N policy steps (0: only when
+    stopped by SIGTERM or Ctrl-C)"""
     checkpoint_replay: bool = True
-    """include the replay buffer in checkpoints (Crafter at 1M steps is ~12 GB on disk)"""
+    """include the replay buffer in checkpoints, as runs/{run_name}/checkpoint.step{N}.replay.npz
+    (Crafter at 1M steps: ~12 GB)"""
     resume: Optional[str] = None
     """path of a runs/{run_name}/checkpoint.ckpt to continue from (same flags; the step counter continues and the run
     logs into that run directory)"""
@@ -220,7 +222,7 @@ RESUME_FREE = {
 }  # fmt: skip
 
 
-# A first look on a CPU: the CartPole recipe that learns in minutes (printed when a CPU run would take hours).
+# A first look on a CPU: a CartPole recipe that learns, printed when a CPU run would take hours (one constant to update).
 QUICK_START = (
     f"python {os.path.basename(__file__)} --env-id CartPole-v1 --model-size debug --batch-size 16 --batch-length 32 "
     "--train-ratio 256 --learning-rate 3e-4 --total-timesteps 30000"
@@ -1958,12 +1960,12 @@ def to_env_action(agent: Agent, action: np.ndarray):
 
 
 # ======================================================================================================================
-# 9. Main loop (CleanRL skeleton): act in the envs, store steps, train at the train ratio, log, checkpoint
+# 9. Progress lines and the main loop (CleanRL skeleton): act, store steps, train at the train ratio, log, checkpoint
 # ======================================================================================================================
 
-# Seconds XLA takes on a CPU to compile (init + policy step, train step) per --model-size, image observations (vectors
-# compile faster); printed before each of these one-off waits.
-COMPILE_S = {"debug": (10, 30), "1m": (10, 40), "12m": (20, 150)}
+# About how many seconds XLA takes on one free CPU core to compile (init + policy step, train step) per --model-size, for
+# image observations (vectors compile faster, a busy machine takes longer); printed before each of these one-off waits.
+COMPILE_S = {"debug": (30, 100), "1m": (40, 100), "12m": (40, 100)}  # THICK: a larger train step
 
 
 def compile_note(args: Args, what: str, which: int) -> str:
@@ -2214,11 +2216,15 @@ def main(args: Args):
 
 if __name__ == "__main__":
     sys.stdout.reconfigure(line_buffering=True)  # every line reaches a redirected log at once
+    thread_hook = threading.excepthook  # TensorBoard's writer thread hands its OSError to the main thread: report it once
+    threading.excepthook = lambda a: None if issubclass(a.exc_type, OSError) else thread_hook(a)
     try:
         main(tyro.cli(Args))
         status, message = 0, ""
     except (UsageError, common.EnvIdError) as e:
         status, message = 2, f"error: {e}"
+    except OSError as e:  # e.g. the run directory turned read-only under the TensorBoard writer
+        status, message = 2, f"error: {e.strerror or e}" + (f": {os.fsdecode(e.filename)}" if e.filename else "")
     except FloatingPointError as e:
         status, message = 1, f"error: {e}"
     except Stopped as e:
