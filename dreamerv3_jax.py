@@ -623,19 +623,25 @@ class NormAct(nn.Module):
 
 
 class MLPHead(nn.Module):
-    """`layers` x [Linear -> RMSNorm -> SiLU], then a Linear output with `outscale` (0 = zero-initialised)."""
+    """`layers` x [Linear -> RMSNorm -> SiLU], then a Linear output with `outscale` (0 = zero-initialised). With `outputs`
+    named, one output Linear of width `out` per name, concatenated on the last axis: separate parameter tensors, which
+    the per-tensor AGC of section 5 clips separately (the continuous actor's "mean" and "stddev", as in the reference)."""
 
     layers: int
     units: int
     out: int
     outscale: float = 1.0
     dtype: Any = jnp.float32
+    outputs: tuple = ()  # () = one output layer (auto-named Linear_0)
 
     @nn.compact
     def __call__(self, x):
         for _ in range(self.layers):
             x = NormAct(self.units, self.dtype)(x)
-        return Linear(self.out, self.outscale, self.dtype)(x).astype(jnp.float32)
+        if not self.outputs:
+            return Linear(self.out, self.outscale, self.dtype)(x).astype(jnp.float32)
+        outs = [Linear(self.out, self.outscale, self.dtype, name=name)(x) for name in self.outputs]
+        return jnp.concatenate(outs, -1).astype(jnp.float32)  # (..., len(outputs) * out)
 
 
 def maxpool2(x):  # (N, H, W, C) -> (N, H/2, W/2, C)
@@ -1002,14 +1008,16 @@ class Agent:
         self.deter, self.stoch, self.classes = size["deter"], size["stoch"], size["classes"]
         dt = jnp.bfloat16 if args.compute_dtype == "bfloat16" else jnp.float32
         units, depth = size["units"], size["depth"]
-        act_out = self.act_dim * (1 if self.discrete else 2)  # discrete: A logits; continuous: A means, A stds
         # ALGO LOGIC: initialize agent here
         self.enc = Encoder(depth, units, self.image, dt)
         self.rssm = RSSM(self.deter, size["hidden"], self.stoch, self.classes, unimix=args.latent_unimix, dtype=dt)
         self.dec = Decoder(depth, units, tuple(obs_space.shape), self.image, dtype=dt)
         self.rew = MLPHead(1, units, 255, outscale=0.0, dtype=dt)  # zero-initialised: predicts 0 at the start
         self.con = MLPHead(1, units, 1, outscale=1.0, dtype=dt)
-        self.actor = MLPHead(3, units, act_out, outscale=0.01, dtype=dt)
+        # discrete: one output layer of A logits; continuous: two output layers "mean" and "stddev" of A each, as the
+        # reference's (danijar/dreamerv3:embodied/jax/heads.py@e3f0224), so AGC clips them separately; out = [mean | std]
+        heads = () if self.discrete else ("mean", "stddev")
+        self.actor = MLPHead(3, units, self.act_dim, outscale=0.01, dtype=dt, outputs=heads)
         self.critic = MLPHead(3, units, 255, outscale=0.0, dtype=dt)
         groups = (("actor", args.actor_lr), ("critic", args.critic_lr))
         group_lr = {k: v for k, v in groups if v is not None}
@@ -1257,7 +1265,7 @@ def count_params(tree) -> int:
 # 8. Checkpoints (the training state and its replay as one unit), stop signals and evaluation
 # ======================================================================================================================
 
-FORMAT = "cleanwm-dreamerv3_jax-2"  # cleanwm-<script>-<version>: a file of another script or version is refused by name
+FORMAT = "cleanwm-dreamerv3_jax-3"  # cleanwm-<script>-<version>: a file of another script or version is refused by name
 
 
 def atomic_write(path: str, data):

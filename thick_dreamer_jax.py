@@ -701,19 +701,25 @@ class NormAct(nn.Module):
 
 
 class MLPHead(nn.Module):
-    """`layers` x [Linear -> RMSNorm -> SiLU], then a Linear output with `outscale` (0 = zero-initialised)."""
+    """`layers` x [Linear -> RMSNorm -> SiLU], then a Linear output with `outscale` (0 = zero-initialised). With `outputs`
+    named, one output Linear of width `out` per name, concatenated on the last axis: separate parameter tensors, which
+    the per-tensor AGC of section 5 clips separately (the continuous actor's "mean" and "stddev", as in the reference)."""
 
     layers: int
     units: int
     out: int
     outscale: float = 1.0
     dtype: Any = jnp.float32
+    outputs: tuple = ()  # () = one output layer (auto-named Linear_0)
 
     @nn.compact
     def __call__(self, x):
         for _ in range(self.layers):
             x = NormAct(self.units, self.dtype)(x)
-        return Linear(self.out, self.outscale, self.dtype)(x).astype(jnp.float32)
+        if not self.outputs:
+            return Linear(self.out, self.outscale, self.dtype)(x).astype(jnp.float32)
+        outs = [Linear(self.out, self.outscale, self.dtype, name=name)(x) for name in self.outputs]
+        return jnp.concatenate(outs, -1).astype(jnp.float32)  # (..., len(outputs) * out)
 
 
 def maxpool2(x):  # (N, H, W, C) -> (N, H/2, W/2, C)
@@ -1196,7 +1202,6 @@ class Agent:
         self.ctx = args.context_dim  # THICK: C
         dt = jnp.bfloat16 if args.compute_dtype == "bfloat16" else jnp.float32
         units, depth = size["units"], size["depth"]
-        act_out = self.act_dim * (1 if self.discrete else 2)  # discrete: A logits; continuous: A means, A stds
         # ALGO LOGIC: initialize agent here
         self.enc = Encoder(depth, units, self.image, dt)
         self.rssm = RSSM(self.deter, size["hidden"], self.stoch, self.classes, unimix=args.latent_unimix, dtype=dt,
@@ -1204,7 +1209,10 @@ class Agent:
         self.dec = Decoder(depth, units, tuple(obs_space.shape), self.image, dtype=dt)
         self.rew = MLPHead(1, units, 255, outscale=0.0, dtype=dt)  # zero-initialised: predicts 0 at the start
         self.con = MLPHead(1, units, 1, outscale=1.0, dtype=dt)
-        self.actor = MLPHead(3, units, act_out, outscale=0.01, dtype=dt)
+        # discrete: one output layer of A logits; continuous: two output layers "mean" and "stddev" of A each, as the
+        # reference's (danijar/dreamerv3:embodied/jax/heads.py@e3f0224), so AGC clips them separately; out = [mean | std]
+        heads = () if self.discrete else ("mean", "stddev")
+        self.actor = MLPHead(3, units, self.act_dim, outscale=0.01, dtype=dt, outputs=heads)
         self.critic = MLPHead(3, units, 255, outscale=0.0, dtype=dt)
         # ALGO LOGIC: THICK: coarse heads on (c, z) without h (the coarse decoder is the image decoder with c in place of
         # h and one block), the coarse critic v_c(z_c, c) and the high-level model
@@ -1212,7 +1220,8 @@ class Agent:
         self.crew = MLPHead(1, units, 255, outscale=0.0, dtype=dt)
         self.ccon = MLPHead(1, units, 1, outscale=1.0, dtype=dt)
         self.ccritic = MLPHead(3, units, 255, outscale=0.0, dtype=dt)
-        self.hl = HighLevelModel(self.stoch, self.classes, act_out, args.hl_actions, units, args.latent_unimix, dt)
+        hl_act = self.act_dim * (1 if self.discrete else 2)  # THICK: one output layer [mean | std] (continuous)
+        self.hl = HighLevelModel(self.stoch, self.classes, hl_act, args.hl_actions, units, args.latent_unimix, dt)
         groups = (("actor", args.actor_lr), ("critic", args.critic_lr), ("ccritic", args.critic_lr))  # THICK: + ccritic
         group_lr = {k: v for k, v in groups if v is not None}
         self.opt = laprop(args.learning_rate, args.opt_eps, args.agc, args.warmup, group_lr=group_lr)
@@ -1629,7 +1638,7 @@ def count_params(tree) -> int:
 # 8. Checkpoints (the training state and its replay as one unit), stop signals and evaluation
 # ======================================================================================================================
 
-FORMAT = "cleanwm-thick_dreamer_jax-2"  # THICK: its own format: cleanwm-<script>-<version> (others are refused by name)
+FORMAT = "cleanwm-thick_dreamer_jax-3"  # THICK: its own format: cleanwm-<script>-<version> (others are refused by name)
 
 
 def atomic_write(path: str, data):

@@ -16,11 +16,9 @@ value sets the scale; an elementwise relative error is meaningless where a tenso
 Measured maxima: gradients 4.4e-6 (the loss sums many terms, and the two programs reduce in other orders), everything
 else below 1e-6 (several outputs are bit-identical).
 
-One known difference (continuous actions only): adaptive gradient clipping acts per parameter tensor. The reference has
-separate output layers for the actor's mean and stddev; we have one layer of width 2A ([mean | std]), so our AGC clips
-the two halves jointly. test_optimizer_steps gives our optimizer the reference's layout (the layer split in two
-tensors) and matches; the strict xfail test_agc_of_continuous_actor_output_layer_per_reference_tensor shows where ours
-differs (it will XPASS, and fail, once the two halves are clipped separately).
+Adaptive gradient clipping acts per parameter tensor, so the parameter trees match tensor for tensor: the continuous
+actor has separate output layers for its mean and stddev on both sides (test_agc_of_continuous_actor_output_layer_per_
+reference_tensor shows that they are clipped separately).
 """
 
 import functools
@@ -97,9 +95,8 @@ PARAMETERS = {
         ("dec/mlp/linear1", "dec/NormAct_1/Linear_0"), ("dec/mlp/norm1", "dec/NormAct_1/NormSiLU_0"),
         ("dec/mlp/linear2", "dec/NormAct_2/Linear_0"), ("dec/mlp/norm2", "dec/NormAct_2/NormSiLU_0"),
         ("dec/vec/vector/pred", "dec/Linear_0"),
-        # continuous actor output (bounded normal): the reference's two layers are the two halves of our one layer,
-        # concatenated on the output axis as [mean | std] (dreamerv3_jax.actor_dist splits it in this order)
-        (("pol/head/action/mean", "pol/head/action/stddev"), "actor/Linear_0"),
+        # continuous actor output (bounded normal): two output layers, concatenated as [mean | std] by MLPHead
+        ("pol/head/action/mean", "actor/mean"), ("pol/head/action/stddev", "actor/stddev"),
     ],
 }  # fmt: skip
 SUFFIXES = ("kernel", "bias", "scale")
@@ -110,27 +107,20 @@ def layer_table(kind: str) -> list:
 
 
 def tensor_table(kind: str, ref_names) -> list:
-    """(reference tensor names (1 or 2), our tensor path) for every tensor of the reference's trained modules."""
-    rows = []
-    for ref, ours in layer_table(kind):
-        refs = ref if isinstance(ref, tuple) else (ref,)
-        for s in SUFFIXES:
-            if f"{refs[0]}/{s}" in ref_names:
-                rows.append((tuple(f"{r}/{s}" for r in refs), f"{ours}/{s}"))
-    return rows
+    """(reference tensor name, our tensor path) for every tensor of the reference's trained modules."""
+    return [(f"{ref}/{s}", f"{ours}/{s}") for ref, ours in layer_table(kind) for s in SUFFIXES if f"{ref}/{s}" in ref_names]
 
 
 def to_ours(kind: str, ref: dict, prefix: str = "", group: dict | None = None) -> dict:
     """Reference tensors {name: array} -> our nested tree; `prefix` selects e.g. 'param/', 'grad/'; slowval -> critic."""
     tree = {}
     names = {k[len(prefix) :] for k in ref if k.startswith(prefix)}
-    for refs, ours in tensor_table(kind, names):
-        value = np.concatenate([ref[prefix + r] for r in refs], -1) if len(refs) > 1 else ref[prefix + refs[0]]
+    for name, ours in tensor_table(kind, names):
         node = tree
         *path, leaf = ours.split("/")
         for p in path:
             node = node.setdefault(p, {})
-        node[leaf] = jnp.asarray(value)
+        node[leaf] = jnp.asarray(ref[prefix + name])
     return tree
 
 
@@ -295,15 +285,13 @@ def test_parameter_table_maps_every_tensor_with_identical_shapes(kind):
     g, agent = golden(kind), make_agent(kind)
     ref_names = {k[len("param/") :] for k in g if k.startswith("param/") and not k.startswith("param/slowval/")}
     rows = tensor_table(kind, ref_names)
-    assert sorted(r for refs, _ in rows for r in refs) == sorted(ref_names)  # every reference tensor, once
+    assert sorted(name for name, _ in rows) == sorted(ref_names)  # every reference tensor, once
     template = jax.eval_shape(agent.init, jax.random.PRNGKey(0)).params
     leaves = jax.tree_util.tree_leaves_with_path(template)
     paths = {jax.tree_util.keystr(p, simple=True, separator="/"): v.shape for p, v in leaves}
     assert sorted(ours for _, ours in rows) == sorted(paths)  # every one of ours, once
-    for refs, path in rows:
-        shapes = [g["param/" + r].shape for r in refs]
-        joined = shapes[0] if len(shapes) == 1 else (*shapes[0][:-1], sum(s[-1] for s in shapes))
-        assert joined == paths[path], (refs, path, shapes, paths[path])
+    for name, path in rows:
+        assert g["param/" + name].shape == paths[path], (name, path, g["param/" + name].shape, paths[path])
     assert sum(g["param/" + r].size for r in ref_names) == D.count_params(template)
 
 
@@ -396,23 +384,9 @@ def test_gradient_of_every_parameter(kind):
     g, r = golden(kind), ours(kind)
     ref_names = {k[len("grad/") :] for k in g if k.startswith("grad/")}
     rows = tensor_table(kind, ref_names)
-    assert sorted(x for refs, _ in rows for x in refs) == sorted(ref_names)
-    for refs, path in rows:
-        ours_grad = np.asarray(get(r["grads"], path))
-        parts = np.split(ours_grad, len(refs), -1) if len(refs) > 1 else [ours_grad]
-        for ref_name, part in zip(refs, parts, strict=True):
-            check(f"gradient of {ref_name} ({path})", part, g["grad/" + ref_name])
-
-
-def reference_layout(tree: dict, kind: str) -> dict:
-    """Our tree with the continuous actor's output layer split into the reference's two tensors (mean, stddev)."""
-    if kind != "vector":
-        return tree
-    out = jax.tree.map(lambda x: x, tree)
-    lin = out["actor"].pop("Linear_0")
-    out["actor"]["mean"] = {k: jnp.split(v, 2, -1)[0] for k, v in lin.items()}
-    out["actor"]["stddev"] = {k: jnp.split(v, 2, -1)[1] for k, v in lin.items()}
-    return out
+    assert sorted(name for name, _ in rows) == sorted(ref_names)
+    for name, path in rows:
+        check(f"gradient of {name} ({path})", get(r["grads"], path), g["grad/" + name])
 
 
 def three_updates(opt, params: dict, grads: list, jit: bool = True) -> list:
@@ -433,39 +407,35 @@ def three_updates(opt, params: dict, grads: list, jit: bool = True) -> list:
 def test_optimizer_steps(kind):
     """Three LaProp + AGC + warm-up updates from identical gradients: g / 2^10 (AGC clips few tensors), g reversed per
     tensor, 2^6 g (AGC clips most), so that the clip factors change over time (a constant one cancels in LaProp's RMS
-    normalisation). Warm-up 2: update 1 at lr 0 (zero), update 2 at lr / 2, update 3 at lr. AGC acts per tensor, so the
-    vector file's actor output layer is given to our optimizer in the reference's layout (mean and stddev tensors)."""
+    normalisation). Warm-up 2: update 1 at lr 0 (zero), update 2 at lr / 2, update 3 at lr."""
     g, agent = golden(kind), make_agent(kind)
     names = {k[len("grad/") :] for k in g if k.startswith("grad/")}
     grad = {n: g["grad/" + n] for n in names}
     grads = [{n: np.float32(2.0**-10) * v for n, v in grad.items()},
              {n: v.ravel()[::-1].reshape(v.shape) for n, v in grad.items()},
              {n: np.float32(64.0) * v for n, v in grad.items()}]  # fmt: skip
-    params = reference_layout(to_ours(kind, g, "param/"), kind)
-    updates = three_updates(agent.opt, params, [reference_layout(to_ours(kind, x), kind) for x in grads])
+    updates = three_updates(agent.opt, to_ours(kind, g, "param/"), [to_ours(kind, x) for x in grads])
     assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(updates[0]))  # warm-up: update 1 is exactly zero
-    for refs, path in tensor_table(kind, names):
-        paths = [path.replace("Linear_0", h) for h in ("mean", "stddev")] if len(refs) > 1 else [path]
-        for ref_name, p in zip(refs, paths, strict=True):
-            for i in (2, 3):
-                check(f"update {i} of {ref_name} ({p})", get(updates[i - 1], p), g[f"opt/update{i}/{ref_name}"])
+    for name, path in tensor_table(kind, names):
+        for i in (2, 3):
+            check(f"update {i} of {name} ({path})", get(updates[i - 1], path), g[f"opt/update{i}/{name}"])
 
 
-@pytest.mark.xfail(strict=True, reason="known difference: our AGC clips the continuous actor's [mean | std] output layer "
-                   "by its joint norms, the reference clips its mean and stddev layers separately")  # fmt: skip
 def test_agc_of_continuous_actor_output_layer_per_reference_tensor():
-    """Parity that does not hold (continuous actions only): AGC acts per parameter tensor, and our one actor output layer
-    of width 2A is two tensors in the reference. A clip factor that stays constant over time cancels in LaProp's RMS
-    normalisation, so the difference shows when the halves' gradient norms change differently over time: here update 3
-    sees the mean half's gradient 64 times larger and the std half's unchanged. With the reference's layout (what
-    test_optimizer_steps shows to equal the reference) the std half's update 3 stays as in update 2; with ours the
-    joint clip shrinks it too."""
+    """AGC acts per parameter tensor, and the continuous actor's mean and stddev output layers are separate tensors, as
+    in the reference: a gradient that grows in one does not clip the other. A clip factor that stays constant over time
+    cancels in LaProp's RMS normalisation, so the test changes one layer's gradient norm over time: update 3 sees the mean
+    layer's gradient 64 times larger, the stddev layer's unchanged; the stddev layer's update 3 is then exactly what it
+    is without the growth (one clip of a joint [mean | std] layer would shrink it)."""
     g, agent = golden("vector"), make_agent("vector")
     params, grad = to_ours("vector", g, "param/"), to_ours("vector", g, "grad/")
     grow = jax.tree.map(lambda x: x, grad)
-    grow["actor"]["Linear_0"] = {k: v.at[..., : v.shape[-1] // 2].multiply(64.0) for k, v in grad["actor"]["Linear_0"].items()}
-    joint = three_updates(agent.opt, params, [grad, grad, grow], jit=False)[2]["actor"]["Linear_0"]
-    split = three_updates(agent.opt, reference_layout(params, "vector"),
-                          [reference_layout(x, "vector") for x in (grad, grad, grow)], jit=False)[2]["actor"]  # fmt: skip
+    grow["actor"]["mean"] = jax.tree.map(lambda x: 64.0 * x, grad["actor"]["mean"])
+    # the growth matters: one clip of the joint [mean | std] kernel would shrink the stddev layer's gradient
+    cat = lambda t: jnp.concatenate([t["actor"]["mean"]["kernel"], t["actor"]["stddev"]["kernel"]], -1)
+    joint = jnp.split(D.agc_clip(cat(grow), cat(params), agent.args.agc), 2, -1)[1]
+    assert not np.allclose(joint, grad["actor"]["stddev"]["kernel"], rtol=1e-3, atol=0)
+    grown = three_updates(agent.opt, params, [grad, grad, grow], jit=False)[2]["actor"]
+    steady = three_updates(agent.opt, params, [grad, grad, grad], jit=False)[2]["actor"]
     for k in ("kernel", "bias"):
-        check(f"update 3 of the actor's std half ({k})", jnp.split(joint[k], 2, -1)[1], split["stddev"][k])
+        np.testing.assert_array_equal(np.asarray(grown["stddev"][k]), np.asarray(steady["stddev"][k]))
