@@ -75,6 +75,7 @@ from typing import Optional
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 import tyro
@@ -114,15 +115,15 @@ class Args:
     """crafter, crafter_noreward, atari100k_<game> or any gymnasium id (default: atari100k_pong; with --evaluate: the env
     id saved in the file)"""
     total_timesteps: int = 100_000
-    """total env (policy) steps, summed over envs (Atari100k: 100k steps = 400k frames)"""
+    """total env (policy) steps, summed over envs and processes (Atari100k: 100k steps = 400k frames)"""
     num_envs: int = 1
-    """the number of parallel environments"""
+    """the number of parallel environments (of each process under torchrun)"""
     model_size: str = "paper"
     """size preset: debug (tiny, tests/CI), small (CartPole-scale), paper (the Atari100k config of the paper)"""
     train_ratio: float = 1024.0
     """replayed steps per policy step at level 0 (1024 with 16x64 = one level-0 update per env step)"""
     batch_size: int = 16
-    """replay batch: number of sequences"""
+    """replay batch: number of sequences (the global batch: under torchrun each process samples batch_size / processes)"""
     batch_length: int = 64
     """replay batch: steps per sequence (>= 2: the first step of every sequence starts the S5 afresh)"""
     learning_starts: Optional[int] = None
@@ -204,7 +205,7 @@ class Args:
     etbs_max_len: str = "current"
     """ETBS scale M: current (the replay size; fixed) or capacity (the original's wiring)"""
     buffer_size: int = 1_000_000
-    """replay capacity per level, in steps summed over envs (allocated only up to --total-timesteps)"""
+    """replay capacity per level (and process), in steps summed over envs (allocated only up to --total-timesteps)"""
     # speed
     compile: bool = False
     """torch.compile the world-model loss (off by default)"""
@@ -263,6 +264,13 @@ QUICK_START = (
 )
 
 
+# Data parallel: torchrun (torch.distributed.run) starts WORLD processes and sets these variables in each; a plain
+# `python hieros_s5_torch.py` sets none of them, so WORLD = 1, RANK = 0 and no data-parallel branch below runs.
+WORLD = int(os.environ.get("WORLD_SIZE", "1"))  # processes of this run (all hosts)
+RANK = int(os.environ.get("RANK", "0"))  # this process: rank 0 logs, evaluates and writes the checkpoint
+LOCAL_RANK = int(os.environ.get("LOCAL_RANK", "0"))  # this process on its host: its GPU is cuda:LOCAL_RANK
+
+
 class UsageError(Exception):
     """Bad input (or a directory that cannot be written): reported as one line on stderr with exit status 2."""
 
@@ -293,6 +301,8 @@ def check_args(args: Args) -> Args:
     for name in positive + [f"subactor_{k}" for k in ("update_every", "train_every", "encode_intermediate")]:
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.batch_size % WORLD:  # data parallel: every process samples batch_size / WORLD sequences of the global batch
+        raise UsageError(f"--batch-size {args.batch_size} (the global batch) must be divisible by the {WORLD} processes")
     if args.batch_length < 2:  # step 0 of every sampled window only starts the S5 afresh: one step teaches no dynamics
         raise UsageError(f"--batch-length must be >= 2, got {args.batch_length}")
     for name in ("train_ratio", "model_lr", "actor_lr", "critic_lr", "subgoal_lr"):
@@ -332,16 +342,18 @@ def check_args(args: Args) -> Args:
 
 def updates_possible(args: Args) -> tuple[int, int]:
     """(level-0 updates the train-ratio schedule of main() runs in a fresh run, the --total-timesteps that one needs).
-    Every policy step from --learning-starts on adds num_envs * train_ratio / (B T) updates' worth of credit."""
-    e, per_step = args.num_envs, args.train_ratio / (args.batch_size * args.batch_length)
+    Every policy step from --learning-starts on adds train_ratio / (B T) updates' worth of credit; a loop iteration makes
+    num_envs * WORLD policy steps (the envs of all processes)."""
+    e, per_step = args.num_envs * WORLD, args.train_ratio / (args.batch_size * args.batch_length)
     first = max(1, -(-args.learning_starts // e))  # the first loop iteration k with global_step = k e >= learning_starts
     steps = max(0, -(-args.total_timesteps // e) - first + 1)  # iterations from there on
     return int(steps * e * per_step + 1e-9), (first - 1 + math.ceil(1.0 / (e * per_step) - 1e-9)) * e
 
 
 def replay_capacity(args: Args) -> int:
-    """Steps the replay of each level allocates, summed over envs: --buffer-size, but no more than the run can write."""
-    return min(args.buffer_size, args.total_timesteps + args.num_envs)
+    """Steps the replay of each level allocates, summed over envs: --buffer-size, but no more than the run can write
+    (data parallel: per process, which writes its share of --total-timesteps)."""
+    return min(args.buffer_size, -(-args.total_timesteps // WORLD) + args.num_envs)
 
 
 # ======================================================================================================================
@@ -883,6 +895,10 @@ class ReturnNorm(nn.Module):
 
     def update(self, ret):
         flat = ret.detach().float().flatten()
+        if WORLD > 1:  # data parallel: the percentiles of the global batch, so every process keeps the same low and high
+            parts = [torch.empty_like(flat) for _ in range(WORLD)]
+            dist.all_gather(parts, flat)
+            flat = torch.cat(parts)
         if flat.numel() > 16384:  # quantile limit; a strided subsample keeps it cheap
             flat = flat[:: math.ceil(flat.numel() / 16384)]
         q = torch.quantile(flat, self.q)
@@ -1343,7 +1359,7 @@ def replay_spec(level, obs_space):
     }
 
 
-def make_replays(agent, obs_space, args):
+def make_replays(agent, obs_space, args, seed):
     """One SequenceReplay per level, allocating no more than the run can write (replay_capacity); refuses one that does
     not fit in this machine's RAM before anything is allocated."""
     specs = [replay_spec(lv, obs_space) for lv in agent.levels]
@@ -1351,7 +1367,7 @@ def make_replays(agent, obs_space, args):
     check_memory(steps, sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for sp in specs for shape, dtype in sp.values()))
     allocate = replay_capacity(args)
     return [
-        SequenceReplay(args.buffer_size, args.num_envs, args.batch_length, spec, args, args.seed + 1000 * i, allocate)
+        SequenceReplay(args.buffer_size, args.num_envs, args.batch_length, spec, args, seed + 1000 * i, allocate)
         for i, spec in enumerate(specs)
     ]
 
@@ -1480,6 +1496,7 @@ def train_level(level, opts, sched, batch, args, loss_fn, autocast):
     metrics.update(m)
     opts["wm"].zero_grad(set_to_none=True)
     loss.backward()
+    average_grads(level.wm.parameters())  # data parallel (else a no-op): before clipping, so the global norm is clipped
     metrics["grad_norm"] = nn.utils.clip_grad_norm_(level.wm.parameters(), 1000.0)  # logged as opt/grad_norm_L{level}
     opts["wm"].step()
     sched.step()
@@ -1501,10 +1518,12 @@ def train_level(level, opts, sched, batch, args, loss_fn, autocast):
     actor_loss, critic_loss = behavior_losses(level, xs, acts, rewards, cont, args, autocast, metrics)
     opts["actor"].zero_grad(set_to_none=True)
     actor_loss.backward()
+    average_grads(level.actor.parameters())
     nn.utils.clip_grad_norm_(level.actor.parameters(), 100.0)
     opts["actor"].step()
     opts["critic"].zero_grad(set_to_none=True)
     critic_loss.backward()
+    average_grads(level.critics.parameters())
     for c in level.critics.values():
         nn.utils.clip_grad_norm_(c.parameters(), 100.0)
     opts["critic"].step()
@@ -1518,6 +1537,7 @@ def train_level(level, opts, sched, batch, args, loss_fn, autocast):
             ae_loss, ae_code = level.ae.loss(hs.flatten(0, 1), args.subgoal_kl_scale)
         opts["ae"].zero_grad(set_to_none=True)
         ae_loss.backward()
+        average_grads(level.ae.parameters())
         nn.utils.clip_grad_norm_(level.ae.parameters(), 100.0)
         opts["ae"].step()
         metrics["ae"] = ae_loss.detach()
@@ -1537,17 +1557,76 @@ def train_call(agent, optims, replays, call, args, loss_fn, autocast, metrics, n
     """One train call of main()'s train-ratio schedule: level L trains on the calls = 0 (mod 4^L) once its replay holds a
     batch (the original's Hieros.train). metrics[L] receives level L's latest metrics (tensors: no host sync), nonfinite
     collects per loss term whether it was ever non-finite. Returns the levels that trained."""
-    trained, device = [], next(agent.parameters()).device
+    trained, device, batch_size = [], next(agent.parameters()).device, args.batch_size // WORLD  # this process's share
+    ready = [level_trains(call, i, args.subactor_train_every) and len(r) >= batch_size for i, r in enumerate(replays)]
+    if WORLD > 1:  # data parallel: a level trains only where every process's replay holds its batch (levels >= 1 record
+        ready = all_ranks(ready, dist.ReduceOp.MIN)  # at episode ends too, so their replays fill unevenly): no hang
     for i, (lv, (opts, sched)) in enumerate(zip(agent.levels, optims, strict=True)):
-        if not level_trains(call, i, args.subactor_train_every) or len(replays[i]) < args.batch_size:
+        if not ready[i]:
             continue
-        batch = to_batch(replays[i].sample(args.batch_size), device)
+        batch = to_batch(replays[i].sample(batch_size), device)
         metrics[i] = train_level(lv, opts, sched, batch, args, loss_fn, autocast)
         for k in ("wm_loss", "actor", "critic"):
             if k in metrics[i]:  # before --behavior-starts only the world model trains
                 nonfinite[f"{k}_L{i}"] = nonfinite.get(f"{k}_L{i}", False) | ~torch.isfinite(metrics[i][k])
         trained.append(i)
     return trained
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data parallel (torchrun; vwxyzjn/cleanrl:cleanrl/ppo_atari_multigpu.py is the model): every process runs its own envs
+# and replays and samples batch_size / WORLD sequences; before every optimizer step the gradients are averaged over the
+# processes, so each step is the one of the global batch (every loss is a mean over its batch) and the parameters stay
+# identical everywhere. An explicit all-reduce, not DistributedDataParallel: a level has 3-4 optimizers, each stepped
+# after its own backward of its own sub-network, and the levels train on different calls; DDP wraps one module with one
+# backward and would need find_unused_parameters for all that. Every collective sits on a path that all processes take
+# at the same step: the decisions before them (which levels train, stop, non-finite, checkpoint) come from quantities
+# that are equal everywhere (global_step, the train-call counter) or are themselves reduced over the processes.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def dp_init(cuda: bool):
+    """Join the process group torchrun prepared (rendezvous from MASTER_ADDR/MASTER_PORT): NCCL for the gradients on
+    GPUs, gloo for CPU tensors (the small decisions of all_ranks, and everything on a CPU run). Ranks > 0 print nothing."""
+    dist.init_process_group(backend="cpu:gloo,cuda:nccl" if cuda else "gloo")
+    if cuda:
+        torch.cuda.set_device(LOCAL_RANK)
+    if RANK > 0:  # stdout (progress, episodes) is rank 0's; errors still reach stderr from every process
+        sys.stdout = open(os.devnull, "w")
+
+
+def average_grads(params):
+    """g <- (1 / WORLD) sum_ranks g for every parameter with a gradient, as one flat bucket (one all_reduce). A no-op in a
+    single process. Which parameters have a gradient follows from the code path alone, so the buckets match."""
+    if WORLD == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat)  # sum (ReduceOp.AVG exists only on NCCL)
+    flat /= WORLD
+    for g, v in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+        g.copy_(v.view_as(g))
+
+
+def all_ranks(values: list, op) -> list:
+    """Data parallel: a small list of ints or bools reduced over all processes (MIN: all of them; MAX: any of them)."""
+    t = torch.tensor([int(v) for v in values], dtype=torch.int64)  # on the CPU: through gloo
+    dist.all_reduce(t, op=op)
+    return [type(v)(x) for v, x in zip(values, t.tolist(), strict=True)]
+
+
+def broadcast_state(agent):
+    """Rank 0's parameters and buffers to every process (after the init and after a resume): identical copies at start."""
+    for v in agent.state_dict().values():
+        if torch.is_tensor(v):
+            dist.broadcast(v, src=0)
+
+
+class NullWriter:
+    """TensorBoard on ranks > 0: every call does nothing (rank 0 logs)."""
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
 
 
 # ======================================================================================================================
@@ -1714,7 +1793,10 @@ class Checkpoints:
     save() writes the replays under their new name, then replaces checkpoint.ckpt, each through a .tmp<pid> file that
     is flushed to the disk and renamed; the second rename is the commit. Only after it are older replay files deleted.
     A kill at any instant thus leaves the old pair or the new pair, plus unnamed files that the next run here deletes.
-    read() refuses a pair whose step counters differ."""
+    read() refuses a pair whose step counters differ.
+    Data parallel: process r > 0 writes its replays to checkpoint.step{N}.rank{r}.replay.npz before the commit, and its
+    RNG states go into rank 0's checkpoint.ckpt; a resume needs the same number of processes and restores each one's
+    replays and RNG states (so runs/ must be one shared folder for several hosts)."""
 
     latest = "no checkpoint was written"  # self.last() of the current run, for an error outside this class (__main__)
 
@@ -1727,6 +1809,7 @@ class Checkpoints:
         self.saved_step = self.step if same else None  # the checkpoint in self.path holds this step already
         self.keep = saved["replay"] if same else None  # the replay file that self.path names
         self.stop, self.writing = None, False  # the stop signal received; a write is under way
+        self.received = None  # the first signal (data parallel: self.stop changes only in sync_stop, equal everywhere)
         Checkpoints.latest = self.last()
 
     # ------------------------------------------------------------------------------------------------ resume
@@ -1740,9 +1823,12 @@ class Checkpoints:
         step = int(saved["global_step"])
         if step >= args.total_timesteps:
             raise UsageError(f"{args.resume} is at global_step={step}: pass a larger --total-timesteps to continue")
+        world = int(saved.get("world_size", 1))
+        if world != WORLD:  # data parallel: one replay file and RNG state per process
+            raise UsageError(f"{args.resume} was written by a run of {world} process(es): resume it with {world}, not {WORLD}")
         saved["replay_path"], empty = None, " (--no-checkpoint-replay resumes with an empty replay)"
         if saved["replay"]:
-            path = os.path.join(os.path.dirname(args.resume), saved["replay"])
+            path = os.path.join(os.path.dirname(args.resume), rank_file(saved["replay"]))
             if os.path.isfile(path):
                 try:
                     with np.load(path) as f:
@@ -1784,7 +1870,7 @@ class Checkpoints:
                     load_replays(replays, f)
             except Exception:
                 raise UsageError(f"cannot read {saved['replay_path']}: corrupt replay file") from None
-        rng = saved["rng"]
+        rng = saved["rng_ranks"][RANK] if WORLD > 1 else saved["rng"]
         random.setstate(rng["python"])
         np.random.set_state(tuple(rng["numpy"]))
         torch.set_rng_state(rng["torch"])
@@ -1812,15 +1898,31 @@ class Checkpoints:
         try:
             os.makedirs(self.dir, exist_ok=True)
             name = f"checkpoint.step{global_step}.replay.npz" if self.args.checkpoint_replay else ""
-            if name:  # 1. the replays under a name no checkpoint uses yet
-                arrays = replay_arrays(replays)
-                atomic_write(os.path.join(self.dir, name), lambda f: np.savez(f, global_step=global_step, **arrays))
-            state = training_state(agent, optims, global_step)
-            save_file(self.path, self.args, {"run_name": self.run_name, **state, "replay": name, "counters": counters})  # 2.
-            if hasattr(os, "O_DIRECTORY"):  # the renames themselves reach the disk (POSIX)
-                fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-                os.fsync(fd)
-                os.close(fd)
+            error, state = None, training_state(agent, optims, global_step)
+            try:
+                if name:  # 1. the replays under a name no checkpoint uses yet (data parallel: each process its own file)
+                    arrays, path = replay_arrays(replays), os.path.join(self.dir, rank_file(name))
+                    atomic_write(path, lambda f: np.savez(f, global_step=global_step, **arrays))
+            except UsageError as e:
+                if WORLD == 1:
+                    raise
+                error = str(e)
+            if WORLD > 1:  # data parallel: every process's write error and RNG states to all; rank 0 commits all or none
+                gathered = [None] * WORLD
+                dist.all_gather_object(gathered, (error, state["rng"]))
+                error = next((e for e, _ in gathered if e), None)
+                state |= {"world_size": WORLD, "rng_ranks": [rng for _, rng in gathered]}
+                if error is None and RANK == 0:
+                    try:
+                        self.commit(state, name, counters)
+                    except (UsageError, OSError) as e:
+                        error = str(e) if isinstance(e, UsageError) else f"cannot write into {self.dir}: {e.strerror or e}"
+                error = [error]
+                dist.broadcast_object_list(error, src=0)  # whether rank 0 committed
+                if error[0]:
+                    raise UsageError(error[0])
+            else:
+                self.commit(state, name, counters)
             self.step, self.saved_step, self.last_path = global_step, global_step, self.path
             Checkpoints.latest = self.last()
             self.clean(keep=name)  # 3. the older replay files
@@ -1831,6 +1933,14 @@ class Checkpoints:
             self.writing = False
         return self.path
 
+    def commit(self, state: dict, replay: str, counters: dict):
+        """2. checkpoint.ckpt, naming its replay file (the commit), and the renames flushed to the disk."""
+        save_file(self.path, self.args, {"run_name": self.run_name, **state, "replay": replay, "counters": counters})
+        if hasattr(os, "O_DIRECTORY"):  # the renames themselves reach the disk (POSIX)
+            fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+            os.fsync(fd)
+            os.close(fd)
+
     def save_for_inspection(self, agent, optims, global_step: int) -> str:
         """The training state after a non-finite loss (no replay), next to the last good checkpoint, which stays."""
         path = os.path.join(self.dir, "checkpoint_nonfinite.ckpt")
@@ -1838,13 +1948,16 @@ class Checkpoints:
         return path
 
     def clean(self, keep: Optional[str]):
-        """Delete the temporaries of processes that are gone and, unless keep is None, the replay files other than keep."""
+        """Delete the temporaries of processes that are gone and, unless keep is None, the replay files other than keep
+        (data parallel: each process its own files, keep = rank 0's name)."""
+        mine = r"checkpoint\.step\d+\.replay\.npz" if RANK == 0 else rf"checkpoint\.step\d+\.rank{RANK}\.replay\.npz"
+        keep = rank_file(keep) if keep else keep
         for name in os.listdir(self.dir):
             tmp = re.fullmatch(r".+\.tmp(\d+)", name)
             if tmp:
                 stale = not writing_elsewhere(int(tmp.group(1)))
             else:
-                stale = keep is not None and name != keep and re.fullmatch(r"checkpoint\.step\d+\.replay\.npz", name)
+                stale = keep is not None and name != keep and re.fullmatch(mine, name)
             if stale:
                 with contextlib.suppress(OSError):
                     os.remove(os.path.join(self.dir, name))
@@ -1868,13 +1981,26 @@ class Checkpoints:
 
     def _on_signal(self, signum, frame):
         name = signal.Signals(signum).name
-        if self.stop is None:
-            self.stop, note = signum, "finishing this step, then writing a checkpoint and stopping"
+        if self.received is None:
+            self.received, note = signum, "finishing this step, then writing a checkpoint and stopping"
+            if WORLD == 1:
+                self.stop = signum
         elif self.writing or signum == signal.SIGTERM:
             note = "already stopping: the checkpoint is written first"
         else:
             raise Stopped(f"stopped at once by a second {name}; {self.last()}", signum)
         os.write(2, f"{name}: {note}\n".encode())  # os.write, not print: print here may hit a print of the loop
+
+    def sync_stop(self):
+        """Data parallel: self.stop <- the first signal that any process received (all call it at the same step)."""
+        (signum,) = all_ranks([self.received or 0], dist.ReduceOp.MAX)
+        self.stop = signum or None
+
+
+def rank_file(replay: str) -> str:
+    """The replay file of this process: checkpoint.step{N}.replay.npz on rank 0, checkpoint.step{N}.rank{r}.replay.npz
+    on rank r > 0 (data parallel)."""
+    return replay.replace(".replay.npz", f".rank{RANK}.replay.npz") if RANK > 0 else replay
 
 
 def writing_elsewhere(pid: int) -> bool:
@@ -1972,7 +2098,7 @@ class Progress:
 
     def before_update(self, keys: int):
         """keys: training windows in level 0's replay (it trains once they make a batch)."""
-        if self.first is None and keys >= self.args.batch_size:
+        if self.first is None and keys >= self.args.batch_size // WORLD:
             self.first = time.time()
             note = "; torch.compile compiles the world-model loss first, a one-off of minutes" if self.args.compile else ""
             print(f"training starts: the first update of every level whose replay holds a batch{note}", flush=True)
@@ -2004,7 +2130,7 @@ class Progress:
         """A progress line at every multiple of --log-every and at the end (then returns True: time for the TensorBoard
         scalars), and whenever 30 s have passed. metrics: level 0's latest."""
         now, args = time.time(), self.args
-        grid = global_step % args.log_every < args.num_envs or global_step >= args.total_timesteps
+        grid = global_step % args.log_every < args.num_envs * WORLD or global_step >= args.total_timesteps
         if grid or now - self.printed >= 30:
             self.printed = now
             eta = duration(self.eta(global_step)) if self.train and global_step > self.train[1] else "-"  # "-": no rate yet
@@ -2101,21 +2227,31 @@ def env_spaces(env_id: str):
 
 def main(args: Args):
     args = check_args(args)
-    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+    cuda = args.cuda and torch.cuda.is_available()
+    device = torch.device((f"cuda:{LOCAL_RANK}" if WORLD > 1 else "cuda") if cuda else "cpu")
     eval_kw = dict(device=device, capture_video=args.capture_video, seed=args.seed)
     if args.evaluate:
-        evaluate(args.evaluate, common.make_env, args.env_id, args.eval_episodes, "eval", **eval_kw)
+        if RANK == 0:  # (under torchrun: rank 0 alone)
+            evaluate(args.evaluate, common.make_env, args.env_id, args.eval_episodes, "eval", **eval_kw)
         return
     # every check before anything is created: the checkpoint to resume, the spaces, the replays' RAM, writable folders
     saved = Checkpoints.read(args) if args.resume else None
     run_name = saved["run_name"] if saved else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     obs_space, act_space = env_spaces(args.env_id)
     check_obs_space(obs_space), action_spec(act_space)  # the spaces the networks can take, before they are built
+    # data parallel: join the process group; rank 0's run name; seeds offset by rank: process r runs the envs
+    # r * num_envs .. (r + 1) * num_envs - 1 of a run with num_envs * WORLD envs (rank 0 = the single-process run)
+    seed = args.seed + RANK * args.num_envs
+    if WORLD > 1:
+        dp_init(cuda)
+        name = [run_name]
+        dist.broadcast_object_list(name, src=0)
+        run_name = name[0]
 
     # TRY NOT TO MODIFY: seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     if args.threads > 0 or args.model_size == "debug":
         torch.set_num_threads(args.threads if args.threads > 0 else 1)
@@ -2123,14 +2259,16 @@ def main(args: Args):
     # ALGO LOGIC: initialize agent here (every level's networks, optimizers and replay)
     print(f"building the networks of {args.max_hierarchy} levels (--model-size {args.model_size})", flush=True)
     agent = Agent(obs_space, act_space, args).to(device)
-    replays = make_replays(agent, obs_space, args)  # refuses replays beyond this machine's RAM
+    replays = make_replays(agent, obs_space, args, seed)  # refuses replays beyond this machine's RAM
     optims = [make_optimizers(lv, args) for lv in agent.levels]
     ckpt = Checkpoints(args, run_name, saved)
     global_step, counters = ckpt.restore(saved, agent, optims, replays) if saved else (0, {})
     n_train_calls, credit = counters.get("n_train_calls", 0), counters.get("credit", 0.0)
     episodes, achievements = counters.get("episodes", 0), counters.get("achievements", [])
     ckpt.open_run_dir()  # checks that it (and videos/{run_name} with --capture-video) can be written, then creates it
-    if args.track:
+    if WORLD > 1:  # data parallel: rank 0's fresh or resumed networks everywhere (resumed ones are equal already)
+        broadcast_state(agent)
+    if args.track and RANK == 0:
         import wandb
 
         wandb.init(
@@ -2142,7 +2280,7 @@ def main(args: Args):
             monitor_gym=True,
             save_code=True,
         )
-    writer = SummaryWriter(f"runs/{run_name}")
+    writer = SummaryWriter(f"runs/{run_name}") if RANK == 0 else NullWriter()
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     describe(device, agent, args)
     loss_fn = torch.compile(wm_loss) if args.compile else wm_loss
@@ -2153,8 +2291,8 @@ def main(args: Args):
         return ckpt.save(agent, optims, replays, global_step, **c)
 
     # TRY NOT TO MODIFY: start the game
-    envs = common.make_vector_env(args.env_id, args.num_envs, args.seed, args.capture_video, run_name)
-    obs, _ = envs.reset(seed=args.seed + global_step)  # a resumed run must not replay the first run's episodes
+    envs = common.make_vector_env(args.env_id, args.num_envs, seed, args.capture_video and RANK == 0, run_name)
+    obs, _ = envs.reset(seed=seed + global_step)  # a resumed run must not replay the first run's episodes
     flags = common.EpisodeFlags(args.num_envs)
     is_first, is_last = flags.reset(), np.zeros(args.num_envs, bool)
     reward, is_terminal = np.zeros(args.num_envs, np.float32), np.zeros(args.num_envs, bool)
@@ -2164,6 +2302,7 @@ def main(args: Args):
     charted = [False] * len(agent.levels)  # whether a level's first actor update (its entropy) was charted yet
     chart_now = False  # scalars right after each level's first actor update: exploration is visible from the start
     updates_per_step = args.train_ratio / (args.batch_size * args.batch_length)  # level-0 updates per policy step
+    steps = args.num_envs * WORLD  # policy steps per iteration, summed over the envs of all processes
     progress = Progress(args, device, global_step, agent.levels[0].updates)
     ckpt.catch_signals()
     while global_step < args.total_timesteps and ckpt.stop is None:
@@ -2180,12 +2319,12 @@ def main(args: Args):
         obs, reward, terminations, truncations, infos = envs.step(env_action(action, act_space))
         is_first, is_last, is_terminal = flags.step(terminations, truncations)
         reward = reward.astype(np.float32)
-        global_step += args.num_envs
+        global_step += steps
         episodes += log_episodes(writer, infos, global_step, achievements)
 
         # ALGO LOGIC: training (train_ratio / (B T) level-0 updates per policy step; level L on every 4^L-th call)
         if global_step >= args.learning_starts:
-            credit += args.num_envs * updates_per_step
+            credit += steps * updates_per_step
             while credit >= 1.0:
                 credit -= 1.0
                 progress.before_update(len(replays[0]))
@@ -2199,15 +2338,20 @@ def main(args: Args):
         if progress.log(global_step, agent.levels[0].updates, metrics[0], f" | episodes {episodes}") or chart_now:
             chart_now = False
             bad = [k for k, v in nonfinite.items() if bool(v)]
+            if WORLD > 1:  # data parallel: the union over the processes (the same keys everywhere), so all stop here
+                keys = sorted(nonfinite)
+                bad = [k for k, b in zip(keys, all_ranks([k in bad for k in keys], dist.ReduceOp.MAX), strict=True) if b]
             if bad:
-                path = ckpt.save_for_inspection(agent, optims, global_step)
+                path = ckpt.save_for_inspection(agent, optims, global_step) if RANK == 0 else "rank 0's run directory"
                 raise FloatingPointError(
                     f"non-finite loss detected in losses/{bad[0]} (all: {', '.join(bad)}) at update "
                     f"{agent.levels[0].updates}; training state written to {path}"
                 )
             log_scalars(writer, args, metrics, runner, optims, replays, progress, global_step)
-        if args.checkpoint_every and global_step % args.checkpoint_every < args.num_envs:
+        if args.checkpoint_every and global_step % args.checkpoint_every < steps:
             print(f"checkpoint written to {save_checkpoint()} at global_step={global_step}")
+        if WORLD > 1:  # data parallel: a stop signal that reached any process stops all of them after this same step
+            ckpt.sync_stop()
 
     if ckpt.stop is not None or args.checkpoint_every:
         path = save_checkpoint()
@@ -2215,7 +2359,7 @@ def main(args: Args):
             envs.close()
             writer.close()
             raise ckpt.stopped(global_step, path)
-    if args.save_model:
+    if args.save_model and RANK == 0:
         save_and_evaluate(args, agent, run_name, writer, eval_kw)
     envs.close()
     writer.close()
@@ -2236,6 +2380,9 @@ if __name__ == "__main__":
         if not (e.filename and os.fsdecode(e.filename).startswith(("runs", "videos"))):
             raise
         status, message = 2, f"error: cannot write {os.fsdecode(e.filename)}: {e.strerror or e}; {Checkpoints.latest}"
+    finally:
+        if dist.is_available() and dist.is_initialized():  # data parallel: leave the process group, also after an error
+            dist.destroy_process_group()
     for s in (signal.SIGTERM, signal.SIGINT):  # a later signal ends the shutdown quietly (no "Exception ignored in atexit")
         signal.signal(s, signal.SIG_DFL)
     if message:
