@@ -1379,11 +1379,13 @@ def check_memory(steps: int, step_bytes: int):
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # no sysconf (Windows): no check
         return
-    need = steps * step_bytes
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # data parallel: every process on this host holds its own
+    need = steps * step_bytes * local
     if need > 0.9 * ram:
-        fits = int(0.5 * ram / step_bytes)
+        fits = int(0.5 * ram / step_bytes / local)
+        on_host = f" of the {local} processes on this host ({steps:,} steps each" if local > 1 else f" ({steps:,} steps"
         raise UsageError(
-            f"the replay buffers ({steps:,} steps of {step_bytes:,} bytes over all levels) need {need / 2**30:.1f} GiB, more "
+            f"the replay buffers{on_host} of {step_bytes:,} bytes over all levels) need {need / 2**30:.1f} GiB, more "
             f"than this machine's {ram / 2**30:.1f} GiB of RAM: pass --buffer-size {fits // 1000 * 1000 or fits} or less"
         )
 
