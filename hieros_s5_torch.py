@@ -8,6 +8,7 @@ Models", ICML 2024, arXiv 2310.05167) in one PyTorch file.
         --batch-size 16 --batch-length 32 --total-timesteps 30000 --model-lr 3e-4 --actor-lr 3e-4 --critic-lr 3e-4
     python hieros_s5_torch.py --evaluate runs/<run>/hieros_s5_torch.cleanrl_model --eval-episodes 10
     python hieros_s5_torch.py --resume runs/<run>/checkpoint.ckpt ...  # ... = the first run's flags
+    torchrun --standalone --nproc_per_node 4 hieros_s5_torch.py ...    # data parallel, 4 GPUs; --batch-size is global
 
 A hierarchy of world-model agents: every level is a DreamerV3-style actor-critic learning in the imagination of its own
 S5 world model (S5WM: a stack of S5 state-space layers in place of the GRU). Level 0 acts in the env; level L >= 1
@@ -47,7 +48,7 @@ File map (numbered sections):
   0. Arguments                                        6. Subgoals: autoencoder, subgoal and novelty rewards
   1. Numeric helpers and MLPs                         7. One level, the agent, the acting loop over all levels
   2. The S5 layer (HiPPO init, ZOH, resettable scan)  8. Replay with time-balanced sampling (ETBS)
-  3. Encoders and decoders                            9. Training one level
+  3. Encoders and decoders                            9. Training one level; data parallel (torchrun)
   4. S5WM: the S5 world model                        10. Checkpoints, stop signals and evaluation
   5. Actor, critics, return normalisation            11. Main loop (CleanRL skeleton)
 Shapes: B batch, T batch length, N = B*T imagination starts (acting: the envs), K imagination horizon, S stochastic
@@ -1391,7 +1392,8 @@ def check_memory(steps: int, step_bytes: int):
 
 
 # ======================================================================================================================
-# 9. Training one level: world model, imagination, actor-critic per reward head, subgoal autoencoder (SubActor._train)
+# 9. Training one level: world model, imagination, actor-critic per reward head, subgoal autoencoder (SubActor._train);
+#    data parallel under torchrun: gradients averaged over the processes, decisions agreed
 # ======================================================================================================================
 
 
