@@ -1605,6 +1605,8 @@ def average_grads(params):
     if WORLD == 1:
         return
     grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
     flat = torch.cat([g.flatten() for g in grads])
     dist.all_reduce(flat)  # sum (ReduceOp.AVG exists only on NCCL)
     flat /= WORLD
