@@ -209,16 +209,22 @@ def worker_pids(parent: int) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds torchrun's workers through /proc")
+@pytest.mark.skipif(not Path(f"/proc/self/task/{os.getpid()}/children").exists(), reason="finds the workers through /proc")
 def test_sigterm_to_one_process_stops_both_at_the_same_step_with_a_checkpoint(tmp_path):
     proc = subprocess.Popen([*TORCHRUN, *TINY, "--total-timesteps", "100000", "--log-every", "32"], cwd=tmp_path, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    for line in proc.stdout:  # rank 0's progress: both are training
-        if line.startswith("step ") and "updates 0 " not in line:
-            break
-    ranks = worker_pids(proc.pid)
-    os.kill(ranks[1], signal.SIGTERM)  # rank 1 only: rank 0 learns of it through the agreed stop
-    out, err = proc.communicate(timeout=300)
+    try:
+        for line in proc.stdout:  # rank 0's progress: both are training
+            if line.startswith("step ") and "updates 0 " not in line:
+                break
+        ranks = worker_pids(proc.pid)
+        assert sorted(ranks) == [0, 1], (ranks, proc.stderr.read() if proc.poll() is not None else "")
+        os.kill(ranks[1], signal.SIGTERM)  # rank 1 only: rank 0 learns of it through the agreed stop
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:  # a failed assertion above: end the run (torchrun passes SIGTERM on to its workers)
+            proc.terminate()
+            proc.communicate(timeout=120)
     workers = err.split("torch/distributed/elastic/")[0]  # then torchrun's own report of the workers' exit status 143
     assert "Traceback" not in workers and workers.count("SIGTERM: finishing this step") == 1, err[-3000:]
     stops = re.findall(r"stopped by SIGTERM at global_step=(\d+); checkpoint written to (\S+)", workers)
