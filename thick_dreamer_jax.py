@@ -104,6 +104,9 @@ class Args:
     window starts of T + 1 steps over all envs)"""
     compute_dtype: str = "float32"
     """float32 or bfloat16 (bfloat16 matmuls; norms, distributions and losses stay float32)"""
+    num_devices: int = 1
+    """devices that share each update (data parallel): the first N of jax.devices(); --batch-size is the global batch,
+    split evenly over them; acting stays on the first device"""
 
     # world model
     dyn_scale: float = 1.0
@@ -217,7 +220,7 @@ SIZES = {
 # Flags that may differ between a checkpoint and the resuming run.
 RESUME_FREE = {
     "exp_name", "track", "wandb_project_name", "wandb_entity", "capture_video", "save_model", "total_timesteps",
-    "log_every", "video_every", "checkpoint_every", "checkpoint_replay", "resume", "eval_episodes", "evaluate",
+    "log_every", "video_every", "checkpoint_every", "checkpoint_replay", "resume", "eval_episodes", "evaluate", "num_devices",
     "eval_gate_noise",  # THICK
 }  # fmt: skip
 
@@ -257,11 +260,21 @@ def check_args(args: Args) -> Args:
         raise UsageError(f"--compute-dtype must be float32 or bfloat16, got '{args.compute_dtype}'")
     if args.total_timesteps is None:
         args.total_timesteps = 110_000 if family == "atari100k" else 1_100_000
-    for name in ("batch_size", "num_envs", "total_timesteps", "imag_horizon", "horizon", "log_every"):
+    for name in ("batch_size", "num_envs", "total_timesteps", "imag_horizon", "horizon", "log_every", "num_devices"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.batch_length < 2:
         raise UsageError(f"--batch-length must be >= 2, got {args.batch_length}")
+    devices = jax.device_count()  # on several hosts: all processes' devices (init_multihost)
+    if args.batch_size % args.num_devices:
+        raise UsageError(f"--batch-size {args.batch_size} (global) must be divisible by --num-devices {args.num_devices}")
+    if args.num_devices > devices:
+        raise UsageError(f"--num-devices {args.num_devices} exceeds the {devices} visible {jax.default_backend()} devices")
+    if jax.process_count() > 1 and (args.num_devices != devices or args.resume):
+        raise UsageError(
+            f"a run of {jax.process_count()} processes shards over all their {devices} devices: pass --num-devices {devices} "
+            "(and no --resume: each process checkpoints its own replay)"
+        )
     if args.train_ratio is None:
         args.train_ratio = {"crafter": 512.0, "atari100k": 256.0}.get(family, 512.0)
     if args.train_ratio <= 0:
@@ -1634,6 +1647,53 @@ def count_params(tree) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
+# ------------------------------------------------------------------------------------------------ data parallel
+# --num-devices N: data parallelism on jax.sharding, as danijar/dreamerv3 shards its train step. A 1-D mesh over N
+# devices; the replay batch is split along its batch axis (PartitionSpec("batch")), the whole TrainState (parameters,
+# optimizer state, slow critic, return normaliser) is replicated (PartitionSpec()). The train step is Agent._train_step
+# jitted for these shardings: XLA partitions it and inserts the all-reduces (of the gradients, the batch means and the
+# return percentiles), so an update equals the one-device update of the same global batch up to float32 summation order
+# (tests/test_multidevice.py). Acting runs on the first device's copy of the parameters.
+class DataParallel:
+    def __init__(self, agent: Agent, num_devices: int):
+        mesh = jax.sharding.Mesh(np.array(jax.devices()[:num_devices]), ("batch",))
+        self.replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())  # every device: all of it
+        self.split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))  # device i: rows i B/N ...
+        out = (self.replicated, self.replicated, self.split)  # (state, metrics, latents) of _train_step
+        self.train_step = jax.jit(agent._train_step, donate_argnums=0, out_shardings=out)
+
+    def replicate(self, tree):  # host values (the same in every process) -> one copy on every device
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.replicated, np.asarray(x)), tree)
+
+    def split_batch(self, batch: dict) -> dict:  # this process's rows (on one host: all B) -> the global batch, split
+        return {k: jax.make_array_from_process_local_data(self.split, v) for k, v in batch.items()}
+
+    @staticmethod
+    def first(tree):  # the first device's copy of a replicated tree (no copy made): the parameters for acting
+        return jax.tree.map(lambda x: x.addressable_shards[0].data, tree)
+
+    @staticmethod
+    def local_rows(x) -> np.ndarray:  # this process's rows of a split array, in order (on one host: all of them)
+        return np.concatenate([np.asarray(s.data) for s in sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)])
+
+
+def init_multihost():
+    """Several hosts (untested here; the tests cover one host): each host starts this script with the same flags and
+    --num-devices = all hosts' devices, either as a SLURM job step (`srun --ntasks-per-node 1 python <script>.py ...`:
+    jax.distributed reads SLURM's variables) or with JAX_COORDINATOR_ADDRESS=host0:port JAX_NUM_PROCESSES=P
+    JAX_PROCESS_ID=i set on host i. jax.distributed must connect them before anything touches the devices; then
+    jax.devices() lists every process's devices and the mesh spans them. Each process acts in its own envs (seeds offset
+    by process), fills its own replay, samples its B / P rows of every batch and writes its own run directory;
+    --num-envs, --total-timesteps and the logged step counts are per process."""
+    num, pid = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
+    slurm = "SLURM_STEP_NODELIST" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    if "JAX_COORDINATOR_ADDRESS" in os.environ or slurm:
+        try:
+            jax.distributed.initialize(num_processes=num and int(num), process_id=pid and int(pid))
+        except (ValueError, RuntimeError) as e:
+            raise UsageError(f"jax.distributed.initialize failed: {e}") from None
+
+
 # ======================================================================================================================
 # 8. Checkpoints (the training state and its replay as one unit), stop signals and evaluation
 # ======================================================================================================================
@@ -2086,6 +2146,7 @@ def env_spaces(env_id: str):
 
 
 def main(args: Args):
+    init_multihost()  # several hosts only: before anything touches the devices
     args = check_args(args)
     if args.evaluate:
         evaluate(args.evaluate, common.make_env, args.env_id, args.eval_episodes, "eval", seed=args.seed,
@@ -2094,10 +2155,13 @@ def main(args: Args):
     # every check before anything is created: the checkpoint to resume, the spaces, the replay's RAM, writable folders
     saved = Checkpoints.read(args) if args.resume else None
     run_name = saved["run_name"] if saved else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    process, processes = jax.process_index(), jax.process_count()  # several hosts: one process each (init_multihost)
+    run_name += f"__p{process}" if processes > 1 else ""
     agent = Agent(args, *env_spaces(args.env_id))
     capacity = min(args.buffer_size, args.total_timesteps + args.num_envs) // args.num_envs
+    env_seed = args.seed + process * args.num_envs  # = args.seed on one host
     replay = Replay(capacity, args.num_envs, args.batch_length + 1, agent.obs_space, agent.act_dim, agent.deter,
-                    agent.stoch, args.seed, agent.ctx)  # fmt: skip  # THICK: + context
+                    agent.stoch, env_seed, agent.ctx)  # fmt: skip  # THICK: + context
     ckpt = Checkpoints(args, run_name, saved)
     ckpt.open_run_dir()  # checks that it (and videos/{run_name} with --capture-video) can be written, then creates it
     if args.track:
@@ -2120,7 +2184,7 @@ def main(args: Args):
         print("WARNING: JAX runs on the CPU. This is for debugging and tests; training from images needs a GPU.")
 
     # env setup
-    envs = common.make_vector_env(args.env_id, args.num_envs, args.seed, args.capture_video, run_name)
+    envs = common.make_vector_env(args.env_id, args.num_envs, env_seed, args.capture_video, run_name)
     print(compile_note(args, "init and the policy step", 0))
     key, init_key = jax.random.split(key)
     state = agent.init(init_key)
@@ -2129,6 +2193,10 @@ def main(args: Args):
     if saved is not None:
         state, key, global_step, counters = ckpt.restore(saved, state, replay)
         sched_prev, episodes_ach = counters["sched_prev"], counters["episodes_ach"]
+    dp = DataParallel(agent, args.num_devices)  # the training state on the devices that share each update
+    state, act_params = dp.replicate(state), None  # act_params: the parameters for acting, on the first device
+    if args.num_devices > 1:
+        print(f"data parallel: each update of {args.batch_size} sequences runs on {args.num_devices} devices")
     fallbacks = counters["fallbacks"] if saved is not None else 0  # THICK: fallback count, kept across --resume
 
     def save_checkpoint() -> str:
@@ -2136,13 +2204,13 @@ def main(args: Args):
         return ckpt.save(state, replay, global_step, key, **counters)
 
     # TRY NOT TO MODIFY: start the game
-    obs, _ = envs.reset(seed=args.seed + global_step)  # a resumed run must not replay the first run's episodes
+    obs, _ = envs.reset(seed=env_seed + global_step)  # a resumed run must not replay the first run's episodes
     flags = common.EpisodeFlags(args.num_envs)
     is_first = flags.reset()
     is_last = is_terminal = np.zeros(args.num_envs, bool)
     reward = np.zeros(args.num_envs, np.float32)
     carry = agent.initial_carry(args.num_envs)
-    ratio = args.train_ratio / (args.batch_size * args.batch_length)  # updates per policy step
+    ratio = args.train_ratio * processes / (args.batch_size * args.batch_length)  # updates per policy step (of a process)
     metrics, last_video, progress = {}, int(state.updates), Progress(args, global_step, int(state.updates))
     # THICK: acting change rate (per log window and per episode), strip of env 0's recent frames
     act_changes, act_steps = 0, 0
@@ -2152,7 +2220,8 @@ def main(args: Args):
     while global_step < args.total_timesteps and ckpt.stop is None:
         # ALGO LOGIC: act with the sampled posterior and the sampled action
         key, k = jax.random.split(key)
-        action, carry, (deter, stoch, context), changed = agent.policy_step(state.params, carry, obs, is_first, k)
+        act_params = act_params or dp.first(state.params)  # refreshed after every round of updates
+        action, carry, (deter, stoch, context), changed = agent.policy_step(act_params, carry, obs, is_first, k)
         action, changed = np.asarray(action), np.asarray(changed)
         # ALGO LOGIC: THICK: acting change statistics
         act_changes, act_steps = act_changes + int(changed.sum()), act_steps + args.num_envs
@@ -2181,9 +2250,10 @@ def main(args: Args):
             due, sched_prev = updates_due(global_step, sched_prev, ratio)  # the first call trains once
             for _ in range(due):
                 progress.before_update()
-                data, env_idx, time_idx = replay.sample(args.batch_size)
+                data, env_idx, time_idx = replay.sample(args.batch_size // processes)  # this process's rows
                 key, k = jax.random.split(key)
-                state, metrics, latents = agent.train_step(state, data, k)
+                state, metrics, latents = dp.train_step(state, dp.split_batch(data), dp.replicate(k))
+                act_params = None  # the update donated the old parameters' buffers
                 fallbacks += int(metrics["thick/fallback"])  # THICK: batches without change events (psi = 1 used)
                 if not bool(metrics["finite"]):
                     bad = [k[7:] for k, v in metrics.items() if k.startswith("finite/") and not bool(v)] or ["gradients"]
@@ -2191,10 +2261,10 @@ def main(args: Args):
                                              f"was skipped and a checkpoint written to {save_checkpoint()}")  # fmt: skip
                 # replay context: the refreshed latents go back to replay before the next sample reads them (and before
                 # the next replay.add can overwrite their slots); the finite check above has already waited for them
-                replay.write_latents(env_idx, time_idx[:, 1:], *latents)
+                replay.write_latents(env_idx, time_idx[:, 1:], *map(dp.local_rows, latents))
                 if agent.image and args.video_every and int(state.updates) - last_video >= args.video_every:
                     key, k = jax.random.split(key)
-                    video = np.asarray(agent.openl_video(state.params, data, k))  # (4, T, H, 4W, C)  THICK: + coarse
+                    video = np.asarray(agent.openl_video(dp.first(state.params), data, k))  # (4, T, H, 4W, C)  THICK: + coarse
                     writer.add_video("openl/prediction", video.transpose(0, 1, 4, 2, 3), global_step, fps=10)
                     writer.add_image("thick/context_change_strip", change_strip(strip), global_step, dataformats="HWC")
                     last_video = int(state.updates)

@@ -32,7 +32,8 @@ SHARED_HELPERS = ["symlog", "symexp", "twohot_bins", "twohot_encode", "twohot_me
                   "unimix_logits", "sample_onehot", "categorical_kl", "categorical_entropy", "lambda_return",
                   "percentile_update", "_after", "conv_im2col", "_conv_im2col_bwd", "conv5x5_maxpool", "upsample_conv5x5",
                   "rmsnorm_silu", "_rmsnorm_silu_fwd_math", "_rmsnorm_silu_bwd", "phase_max", "_phase_max_bwd",
-                  "actor_dist", "agc_clip", "laprop", "learning_rate_at", "updates_due"]  # fmt: skip
+                  "actor_dist", "agc_clip", "laprop", "learning_rate_at", "updates_due", "DataParallel",
+                  "init_multihost"]  # fmt: skip
 
 
 def test_shared_helpers_are_the_base_copies():
