@@ -7,11 +7,11 @@
     python dreamerv3_jax.py --env-id Pendulum-v1 --model-size 1m   # continuous actions
     python dreamerv3_jax.py --evaluate runs/<run>/dreamerv3_jax.cleanrl_model --eval-episodes 10
 
-This is the "v3-latest" agent of danijar/dreamerv3 (HEAD, = arXiv v2 = the Nature paper), following
-shared/specs/dreamerv3.md. Decisions (spec section 0): block-diagonal GRU with RMSNorm, one LaProp optimizer with
-adaptive gradient clipping and warm-up, symexp two-hot reward/critic, replay critic loss ("repval"), dynamics KL scale
-1.0, and stored replay latents used as the start state of every training window ("replay context"). Flags reproduce the
-2023 variant where it differs: --dyn-scale 0.5, --actor-unimix 0.01, --replay-context 0.
+This is the "v3-latest" agent of danijar/dreamerv3@e3f0224 (= arXiv 2301.04104v2 = the Nature paper): block-diagonal
+GRU with RMSNorm, one LaProp optimizer with adaptive gradient clipping and warm-up, symexp two-hot reward/critic, replay
+critic loss ("repval"), dynamics KL scale 1.0, and stored replay latents used as the start state of every training window
+("replay context"). Flags reproduce the 2023 variant where it differs: --dyn-scale 0.5, --actor-unimix 0.01,
+--replay-context 0.
 
 File map (numbered sections):
   0. Arguments                      5. Optimizer: AGC + LaProp + warm-up
@@ -19,6 +19,7 @@ File map (numbered sections):
   2. Layers                         7. The agent: observe, imagine, losses, one jitted train step, policy step
   3. World model networks           8. Checkpoints (state + replay as one unit), stop signals, evaluation
   4. Actor and critic heads         9. Progress lines and the main loop (CleanRL skeleton)
+                                    Appendix: fast kernels (exact CPU forms of the convolutions and RMSNorm -> SiLU)
 Shapes: B batch, T batch length, N = B*T imagination starts, H imagination horizon, D deter, S stoch latents,
 K classes per latent, F = D + S*K features, A action dim.
 """
@@ -170,7 +171,8 @@ class Args:
     --env-id is given)"""
 
 
-# Model-size presets (spec 1.2): deter, hidden, classes per latent, CNN depth, MLP units; always 32 latents (debug: 8).
+# Model-size presets (danijar/dreamerv3:dreamerv3/configs.yaml@e3f0224, size*): deter, hidden, classes per latent,
+# CNN depth, MLP units; always 32 latents (debug: 8).
 SIZES = {
     "debug": dict(deter=64, hidden=32, classes=4, depth=4, units=32, stoch=8),
     "1m": dict(deter=512, hidden=64, classes=4, depth=4, units=64, stoch=32),
@@ -353,7 +355,7 @@ def categorical_entropy(logits):
 
 
 def lambda_return(rew, live, cont, boot):
-    """Lambda-returns by a reverse scan (spec 2.3), all inputs (N, L); returns R_0..R_{L-2}, shape (N, L-1).
+    """Lambda-returns by a reverse scan, all inputs (N, L); returns R_0..R_{L-2}, shape (N, L-1).
 
         R_{L-1} = boot_{L-1}
         R_k     = rew_{k+1} + live_{k+1} * [ (1 - cont_{k+1}) * boot_{k+1} + cont_{k+1} * R_{k+1} ]
@@ -373,7 +375,7 @@ def lambda_return(rew, live, cont, boot):
 
 
 def percentile_update(lo_hi, ret, rate: float = 0.01, perclo: float = 5.0, perchi: float = 95.0):
-    """Return-scale EMA (spec 2.4): lo <- (1-rate) lo + rate P5(R), hi likewise with P95; scale S = max(1, hi - lo)."""
+    """Return-scale EMA: lo <- (1-rate) lo + rate P5(R), hi likewise with P95; scale S = max(1, hi - lo)."""
     lo = (1 - rate) * lo_hi[0] + rate * jnp.percentile(ret, perclo)
     hi = (1 - rate) * lo_hi[1] + rate * jnp.percentile(ret, perchi)
     return jnp.stack([lo, hi]), jnp.maximum(1.0, hi - lo)
@@ -388,7 +390,7 @@ def trunc_normal(outscale: float = 1.0):
     """Truncated normal on [-2, 2] times 1.1368 (undoes the truncation's std) times sqrt(1 / fan_in).
 
     fan_in = product of all kernel axes but the last: Linear (in, out) -> in; Conv (k, k, cin, cout) -> k*k*cin;
-    BlockLinear (g, in/g, out/g) -> in, the full input width (spec 1.1). outscale 0 gives an all-zero kernel.
+    BlockLinear (g, in/g, out/g) -> in, the full input width. outscale 0 gives an all-zero kernel.
     """
 
     def init(key, shape, dtype=jnp.float32):
@@ -429,136 +431,10 @@ class BlockLinear(nn.Module):
         return y.reshape(*y.shape[:-2], self.units) + bias.astype(self.dtype)
 
 
-# XLA's CPU convolutions are slow at these shapes (shared/notes/cpu-performance.md): a 5x5 conv on 3 input channels runs
-# at a tenth of the matmul rate, the max-pool backward costs as much as the conv, and the weight gradient of a conv runs
-# at ~16 GFLOP/s (profiled: benchmark/dreamerv3_profile.py). Exact reformulations (same parameters, same outputs;
-# tested against the plain forms in tests/test_dreamerv3.py) roughly halve the encoder + decoder time:
-#   im2col:        stack the 9 shifted copies of the padded input on the channel axis -> one matmul (K = 9 cin);
-#                  the gradients are per-tap matmuls (custom VJP below). The copies cost memory traffic, so im2col pays
-#                  only when the matmul is wide; a narrow output (the decoder's last layer: 12 = 4 phases x 3 colours)
-#                  goes to XLA's conv instead.
-#   conv + pool:   fold each 2x2 pixel block into channels (space-to-depth). The 4 output phases of a 5x5 conv at full
-#                  resolution are then one 3x3 conv at half resolution (4 cin -> 4 cout, re-arranged weights), and the
-#                  2x2 max-pool is a max over the 4 phases. Used up to 48 input channels; wider inputs (the last
-#                  encoder layer, 8x8) use XLA's conv directly.
-#   up + conv:     a 5x5 conv after nearest 2x upsampling equals, per output phase, a 3x3 conv on the low-resolution map
-#                  ("sub-pixel" conv, 2.8x fewer FLOPs); the 4 phases interleave into the high-resolution output.
-# The per-layer choices come from a per-op trace of the 12m update (`python benchmark/dreamerv3_profile.py --size 12m
-# --parts full --trace 30`; docs/dreamerv3.md, "Speed: details").
-_DN = ("NHWC", "HWIO", "NHWC")
-
-
-def _phase_taps_pool() -> np.ndarray:
-    """S[u, p, a, y] = 1 iff 3x3 tap u on s2d input phase p feeds output phase a through 5x5 tap y (y = 2u + p - a)."""
-    s = np.zeros((3, 2, 2, 5), np.float32)
-    for u, p, a in np.ndindex(3, 2, 2):
-        if 0 <= 2 * u + p - a < 5:
-            s[u, p, a, 2 * u + p - a] = 1
-    return s
-
-
-def _phase_taps_up() -> np.ndarray:
-    """T[a, u, y] = 1 iff, for output phase a, 5x5 tap y reads low-resolution tap u of a 3x3 window."""
-    t = np.zeros((2, 3, 5), np.float32)
-    for a, y in np.ndindex(2, 5):
-        t[a, (a + y - 2) // 2 + 1, y] = 1
-    return t
-
-
-# The columns of conv_im2col are kh kw = 9x larger than its input. Plain autodiff keeps them from the forward to the
-# backward pass (for the kernel gradient), and they were the largest buffers of an update. jax.checkpoint does not help
-# on XLA:CPU: it merges the recomputation back into the forward pass (docs/dreamerv3.md, "Speed"). So the custom VJP
-# keeps only the input and computes both gradients tap by tap, with x_ij = the input window of tap (i, j):
-#   dk[i, j] = x_ij^T g        dx = sum_ij shift_ij(g k[i, j]^T)
-def _after(x, g):
-    """x itself, made to depend on the incoming gradient g, so that XLA computes what follows from x in the backward pass.
-    Without it XLA merges a custom VJP's recomputation with the forward pass, keeping the very buffers the VJP avoids."""
-    return x + jnp.zeros((), x.dtype) * g.reshape(-1)[0].astype(x.dtype)
-
-
-@jax.custom_vjp
-def conv_im2col(x, k):
-    """'SAME' stride-1 conv as one matmul: (B, H, W, cin), (kh, kw, cin, cout) -> (B, H, W, cout)."""
-    kh, kw, cin, cout = k.shape
-    b, h, w, _ = x.shape
-    xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
-    cols = jnp.concatenate([xp[:, i : i + h, j : j + w] for i in range(kh) for j in range(kw)], -1)  # (B, H, W, kh kw cin)
-    return (cols.reshape(-1, kh * kw * cin) @ k.reshape(-1, cout)).reshape(b, h, w, cout)
-
-
-def _conv_im2col_fwd(x, k):
-    return conv_im2col(x, k), (x, k)  # residuals: the input, not the columns
-
-
-def _conv_im2col_bwd(res, g):
-    x, k = res
-    kh, kw, cin, cout = k.shape
-    b, h, w, _ = x.shape
-    g2 = g.reshape(-1, cout)  # (B H W, cout)
-    xp = _after(jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0))), g)  # tap windows copied here
-    taps = [(i, j) for i in range(kh) for j in range(kw)]
-    dk = jnp.stack([xp[:, i : i + h, j : j + w].reshape(-1, cin).T @ g2 for i, j in taps]).reshape(k.shape)
-    dxp = sum(jnp.pad((g2 @ k[i, j].T).reshape(b, h, w, cin), ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0)))
-              for i, j in taps)  # fmt: skip  # (B, H + kh - 1, W + kw - 1, cin)
-    return dxp[:, kh // 2 : kh // 2 + h, kw // 2 : kw // 2 + w].astype(x.dtype), dk.astype(k.dtype)
-
-
-conv_im2col.defvjp(_conv_im2col_fwd, _conv_im2col_bwd)
-
-
-# The max over the 4 pool phases with a hand-written backward: autodiff of max keeps a float32 copy of the "which phase
-# was the max" mask next to its input (at 12m that mask alone is 537 MB in the first encoder layer); this keeps only
-# the input and rebuilds the mask in the backward pass. Ties share the gradient equally, as under autodiff.
-@jax.custom_vjp
-def phase_max(y):  # (..., 4, C) -> (..., C)
-    return y.max(-2)
-
-
-def _phase_max_fwd(y):
-    return y.max(-2), y
-
-
-def _phase_max_bwd(y, g):
-    y = _after(y, g)
-    hit = (y == y.max(-2, keepdims=True)).astype(g.dtype)  # (..., 4, C)
-    return (hit / hit.sum(-2, keepdims=True) * g[..., None, :],)
-
-
-phase_max.defvjp(_phase_max_fwd, _phase_max_bwd)
-
-
-def conv5x5_maxpool(x, kernel, bias):
-    """== maxpool2(conv5x5_same(x) + bias), (B, H, W, C) -> (B, H/2, W/2, cout)."""
-    b, h, w, c = x.shape
-    cout = kernel.shape[-1]
-    if c > 48:  # wide inputs: XLA's conv is fine; the pool as a reshape-max (its backward is cheap)
-        y = jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), "SAME", dimension_numbers=_DN)
-        return maxpool2(y) + bias.astype(x.dtype)
-    xs = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h // 2, w // 2, 4 * c)  # s2d
-    s = _phase_taps_pool()
-    k3 = jnp.einsum("upay,vqbx,yxio->uvpqiabo", s, s, kernel.astype(jnp.float32), precision="highest")
-    k3 = k3.reshape(3, 3, 4 * c, 4 * cout).astype(x.dtype)  # 3x3 taps, (phase, cin) -> (phase, cout)
-    return phase_max(conv_im2col(xs, k3).reshape(b, h // 2, w // 2, 4, cout)) + bias.astype(x.dtype)
-
-
-def upsample_conv5x5(x, kernel, bias):
-    """== conv5x5_same(upsample2(x)) + bias, (B, h, w, cin) -> (B, 2h, 2w, cout)."""
-    b, h, w, cin = x.shape
-    cout = kernel.shape[-1]
-    t = _phase_taps_up()
-    k3 = jnp.einsum("auy,bvx,yxio->uviabo", t, t, kernel.astype(jnp.float32), precision="highest")
-    k3 = k3.reshape(3, 3, cin, 4 * cout).astype(x.dtype)
-    if 4 * cout < cin:  # narrow output (last decoder layer): XLA's conv beats copying 9 x cin input channels
-        y = jax.lax.conv_general_dilated(x, k3, (1, 1), "SAME", dimension_numbers=_DN)
-    else:
-        y = conv_im2col(x, k3)  # (B, h, w, 4 cout): the 4 output phases
-    y = y.reshape(b, h, w, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, cout)
-    return y + bias.astype(x.dtype)
-
-
 class Conv(nn.Module):
     """5x5 stride-1 'SAME' convolution with bias, NHWC; mode 'pool' adds a 2x2 max-pool after it (encoder), 'up' a
-    nearest 2x upsampling before it (decoder); both computed by the exact reformulations above."""
+    nearest 2x upsampling before it (decoder): plainly maxpool2(conv(x) + bias) and conv(upsample2(x)) + bias, computed
+    by the exact reformulations of the appendix (conv5x5_maxpool, upsample_conv5x5)."""
 
     channels: int
     mode: str  # "pool" or "up"
@@ -575,47 +451,9 @@ class Conv(nn.Module):
         return upsample_conv5x5(x, k, bias)
 
 
-# RMSNorm -> SiLU, the pair that follows every Linear and Conv, as one function with a hand-written backward. Plain
-# autodiff keeps the normalised tensor and the sigmoid of every layer for the backward pass next to its input; this
-# keeps only the input y (and the scale) and recomputes the rest, which is elementwise and cheap. In float32, with
-# r = rsqrt(mean(y^2) + eps), n = y r, u = n * scale, out = silu(u) = u sigmoid(u):
-#   du = g sigmoid(u) (1 + u (1 - sigmoid(u)))     dscale = sum over all rows of du * n
-#   dn = du * scale                                 dy = r (dn - n mean(dn * n))   (mean over the normalised axis)
-def _rmsnorm_silu_fwd_math(y, scale, eps):
-    y = y.astype(jnp.float32)
-    r = jax.lax.rsqrt(jnp.mean(y * y, -1, keepdims=True) + eps)
-    n = y * r
-    return r, n, n * scale
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def rmsnorm_silu(y, scale, eps: float):
-    """silu(rmsnorm(y) * scale) over the last axis, computed in float32, returned in y's dtype: (..., C) -> (..., C)."""
-    u = _rmsnorm_silu_fwd_math(y, scale, eps)[2]
-    return (u * jax.nn.sigmoid(u)).astype(y.dtype)
-
-
-def _rmsnorm_silu_fwd(y, scale, eps):
-    return rmsnorm_silu(y, scale, eps), (y, scale)
-
-
-def _rmsnorm_silu_bwd(eps, res, g):
-    y, scale = res
-    r, n, u = _rmsnorm_silu_fwd_math(_after(y, g), scale, eps)
-    s = jax.nn.sigmoid(u)
-    du = g.astype(jnp.float32) * s * (1.0 + u * (1.0 - s))
-    dscale = jnp.sum(du * n, tuple(range(du.ndim - 1)))
-    dn = du * scale
-    dy = r * (dn - n * jnp.mean(dn * n, -1, keepdims=True))
-    return dy.astype(y.dtype), dscale.astype(scale.dtype)
-
-
-rmsnorm_silu.defvjp(_rmsnorm_silu_fwd, _rmsnorm_silu_bwd)
-
-
 class NormSiLU(nn.Module):
     """RMSNorm then SiLU: silu(x * rsqrt(mean(x^2) + 1e-4) * scale) over the last axis, in float32 (learned scale, no
-    shift); every norm in these networks is followed by SiLU, so the two are one function (rmsnorm_silu above)."""
+    shift); every norm in these networks is followed by SiLU, so the two are one function (rmsnorm_silu, appendix)."""
 
     eps: float = 1e-4
 
@@ -667,7 +505,7 @@ def upsample2(x):  # nearest neighbour, (N, H, W, C) -> (N, 2H, 2W, C)
 
 
 # ======================================================================================================================
-# 3. World model networks (spec 1.3 - 1.6)
+# 3. World model networks (danijar/dreamerv3:dreamerv3/rssm.py@e3f0224)
 # ======================================================================================================================
 
 
@@ -695,7 +533,7 @@ class Encoder(nn.Module):
 
 
 class RSSM(nn.Module):
-    """Recurrent state-space model with a block-diagonal GRU core (spec 1.4). State: deter h (D,) and stoch z (S, K)."""
+    """Recurrent state-space model with a block-diagonal GRU core. State: deter h (D,) and stoch z (S, K)."""
 
     deter: int
     hidden: int
@@ -748,7 +586,7 @@ class RSSM(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Image (spec 1.5): h -> BlockLinear to a 4x4xC map (block k = channels k*C/8 ..), z -> MLP -> 4x4xC; their sum
+    """Image: h -> BlockLinear to a 4x4xC map (block k = channels k*C/8 ..), z -> MLP -> 4x4xC; their sum
     -> RMSNorm -> SiLU; 3 x [upsample -> Conv5x5 -> RMSNorm -> SiLU] with C = 4d, 3d, 2d; upsample -> Conv5x5 ->
     sigmoid, 4 -> 8 -> 16 -> 32 -> 64. Vector: 3 x [Linear -> RMSNorm -> SiLU] on [z, h] -> prediction of symlog(x)."""
 
@@ -779,7 +617,7 @@ class Decoder(nn.Module):
 
 
 # ======================================================================================================================
-# 4. Actor and critic heads (spec 1.6)
+# 4. Actor and critic heads
 # ======================================================================================================================
 
 
@@ -800,7 +638,7 @@ def actor_dist(out, discrete: bool, unimix: float):
 
 
 # ======================================================================================================================
-# 5. Optimizer: adaptive gradient clipping -> LaProp (RMS-normalise, then momentum) -> linear warm-up (spec 3)
+# 5. Optimizer: adaptive gradient clipping -> LaProp (RMS-normalise, then momentum) -> linear warm-up
 # ======================================================================================================================
 
 
@@ -851,7 +689,7 @@ def learning_rate_at(args: Args, update: int) -> float:
 
 
 def updates_due(global_step: int, sched_prev: float | None, ratio: float) -> tuple[int, float]:
-    """Train-ratio scheduler (spec 4): how many updates are due at `global_step`, and the new scheduler position.
+    """Train-ratio scheduler: how many updates are due at `global_step`, and the new scheduler position.
     ratio = train_ratio / (B * T) updates per policy step. The first call (sched_prev None) returns exactly 1; after it,
     due = floor((step - prev) * ratio) and prev advances by due / ratio, so the fractional part carries over and the
     updates per policy step average to `ratio`."""
@@ -862,7 +700,7 @@ def updates_due(global_step: int, sched_prev: float | None, ratio: float) -> tup
 
 
 # ======================================================================================================================
-# 6. Replay buffer: one FIFO stream per env; windows of T + 1 steps; latents stored next to the observations (spec 4)
+# 6. Replay buffer: one FIFO stream per env; windows of T + 1 steps; latents stored next to the observations
 # ======================================================================================================================
 
 
@@ -929,7 +767,7 @@ class Replay:
                 starts[b] = (oldest + self.rng.integers(valid[env[b]])) % self.capacity
         index = (starts[:, None] + np.arange(self.length)) % self.capacity  # (B, T+1)
         batch_data = {k: v[env[:, None], index] for k, v in self.data.items()}
-        # a step followed by an episode start is a last step (spec 4), also where the stream was cut without one: the
+        # a step followed by an episode start is a last step, also where the stream was cut without one: the
         # last step stored before a --resume (the envs restart then)
         batch_data["is_last"] = batch_data["is_last"] | np.pad(batch_data["is_first"][:, 1:], ((0, 0), (0, 1)))
         return batch_data, env, index
@@ -1133,14 +971,15 @@ class Agent:
 
     # ------------------------------------------------------------------------------------------------ losses
     def loss(self, params, slow_critic, retnorm, batch, key):
-        """The single scalar loss of spec 2.8 and its parts. batch: arrays (B, T+1, ...) with step 0 as context."""
+        """The single scalar loss (danijar/dreamerv3:dreamerv3/agent.py@e3f0224) and its parts.
+        batch: arrays (B, T+1, ...) with step 0 as context."""
         args, b = self.args, bins()
         k_obs, k_img = jax.random.split(key)
         obs, reward = batch["obs"][:, 1:], batch["reward"][:, 1:]  # (B, T, ...), (B, T)
         is_first, is_last, is_terminal = batch["is_first"][:, 1:], batch["is_last"][:, 1:], batch["is_terminal"][:, 1:]
         bsz, tlen = reward.shape
 
-        # ALGO LOGIC: world model (spec 2.1)
+        # ALGO LOGIC: world model
         embed = self.enc.apply({"params": params["enc"]}, obs)  # (B, T, E)
         if args.replay_context:  # start from the posterior the actor (or the last update) stored for step 0
             h0 = batch["deter"][:, 0].astype(jnp.float32)
@@ -1164,7 +1003,7 @@ class Agent:
         loss_dyn = jnp.maximum(args.free_nats, kl_dyn)  # free nats: no gradient while KL < 1
         loss_rep = jnp.maximum(args.free_nats, kl_rep)
 
-        # ALGO LOGIC: imagination from every posterior state (spec 2.2); nothing here trains the world model
+        # ALGO LOGIC: imagination from every posterior state; nothing here trains the world model
         p_sg, n = sg(params), bsz * tlen
         ih, iz, iact = self.imagine(p_sg, sg(h).reshape(n, -1), sg(z).reshape(n, self.stoch, self.classes), k_img)
         ifeat = self.feat(ih, iz)  # (N, H+1, F)
@@ -1177,16 +1016,16 @@ class Agent:
         weight = sg(jnp.cumprod(icon, 1))  # w_k = prod_{j<=k} c_j, including the start state
         retnorm, scale = percentile_update(retnorm, sg(ret))  # S = max(1, P95 - P5) (EMA)
 
-        # ALGO LOGIC: actor, REINFORCE for discrete and continuous actions (spec 2.5)
+        # ALGO LOGIC: actor, REINFORCE for discrete and continuous actions
         _, logp, entropy = self.policy(params, ifeat[:, :-1])
         adv = (ret - v[:, :-1]) / scale  # A_k = (R_k - v_k) / S
         loss_actor = weight[:, :-1] * -(logp(sg(iact)) * sg(adv) + args.actor_entropy * entropy)
 
-        # ALGO LOGIC: critic on imagination (spec 2.6), two-hot CE toward sg(R) plus the slow-critic regulariser
+        # ALGO LOGIC: critic on imagination, two-hot CE toward sg(R) plus the slow-critic regulariser
         loss_critic = weight[:, :-1] * (twohot_loss(v_logits[:, :-1], sg(ret), b)
                                         + args.slowreg * twohot_loss(v_logits[:, :-1], sg(slow_v[:, :-1]), b))  # fmt: skip
 
-        # ALGO LOGIC: replay critic loss (spec 2.7): lambda-returns on the data, bootstrapped with the imagined R_0;
+        # ALGO LOGIC: replay critic loss: lambda-returns on the data, bootstrapped with the imagined R_0;
         # the replay features are NOT stop-gradient, so this loss also trains encoder and RSSM
         boot = sg(ret[:, 0]).reshape(bsz, tlen)
         last, term = is_last.astype(jnp.float32), is_terminal.astype(jnp.float32)
@@ -1843,7 +1682,7 @@ def main(args: Args):
         global_step += args.num_envs
         log_episodes(writer, infos, global_step, episodes_ach)
 
-        # ALGO LOGIC: training at the train ratio (spec 4): replayed steps per policy step = train_ratio
+        # ALGO LOGIC: training at the train ratio: replayed steps per policy step = train_ratio
         if global_step >= args.learning_starts and replay.ready():
             due, sched_prev = updates_due(global_step, sched_prev, ratio)  # the first call trains once
             for _ in range(due):
@@ -1881,6 +1720,175 @@ def main(args: Args):
         save_and_evaluate(args, state.params, run_name, writer)
     envs.close()
     writer.close()
+
+
+# ======================================================================================================================
+# Appendix: fast kernels. Exact reformulations of the convolutions and of RMSNorm -> SiLU for XLA's CPU backend, called
+# by the layers of section 2 (Conv, NormSiLU); each is tested against its plain form in tests/test_dreamerv3.py.
+# ======================================================================================================================
+
+# The convolutions of the image encoder and decoder as exact reformulations (same parameters, same outputs; tested
+# against the plain forms in tests/test_dreamerv3.py), because XLA's CPU convolutions are slow at these shapes (few input
+# channels; the max-pool's backward pass; the kernel gradient). Profiles: docs/notes/cpu-update-time.md.
+#   im2col:        stack the 9 shifted copies of the padded input on the channel axis -> one matmul (K = 9 cin);
+#                  the gradients are per-tap matmuls (custom VJP below). The copies cost memory traffic, so im2col pays
+#                  only when the matmul is wide; a narrow output (the decoder's last layer: 12 = 4 phases x 3 colours)
+#                  goes to XLA's conv instead.
+#   conv + pool:   fold each 2x2 pixel block into channels (space-to-depth). The 4 output phases of a 5x5 conv at full
+#                  resolution are then one 3x3 conv at half resolution (4 cin -> 4 cout, re-arranged weights), and the
+#                  2x2 max-pool is a max over the 4 phases. Used up to 48 input channels; wider inputs (the last
+#                  encoder layer, 8x8) use XLA's conv directly.
+#   up + conv:     a 5x5 conv after nearest 2x upsampling equals, per output phase, a 3x3 conv on the low-resolution map
+#                  ("sub-pixel" conv: 4 phases x 9 taps instead of 4 pixels x 25 taps); the 4 phases interleave into
+#                  the high-resolution output.
+# The per-layer choices come from a per-op trace of the 12m update (benchmark/speed/).
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _phase_taps_pool() -> np.ndarray:
+    """S[u, p, a, y] = 1 iff 3x3 tap u on s2d input phase p feeds output phase a through 5x5 tap y (y = 2u + p - a)."""
+    s = np.zeros((3, 2, 2, 5), np.float32)
+    for u, p, a in np.ndindex(3, 2, 2):
+        if 0 <= 2 * u + p - a < 5:
+            s[u, p, a, 2 * u + p - a] = 1
+    return s
+
+
+def _phase_taps_up() -> np.ndarray:
+    """T[a, u, y] = 1 iff, for output phase a, 5x5 tap y reads low-resolution tap u of a 3x3 window."""
+    t = np.zeros((2, 3, 5), np.float32)
+    for a, y in np.ndindex(2, 5):
+        t[a, (a + y - 2) // 2 + 1, y] = 1
+    return t
+
+
+# The columns of conv_im2col are kh kw = 9x larger than its input. Plain autodiff keeps them from the forward to the
+# backward pass (for the kernel gradient), and they were the largest buffers of an update. jax.checkpoint does not help
+# on XLA:CPU: it merges the recomputation back into the forward pass (docs/notes/cpu-update-time.md). So the custom VJP
+# keeps only the input and computes both gradients tap by tap, with x_ij = the input window of tap (i, j):
+#   dk[i, j] = x_ij^T g        dx = sum_ij shift_ij(g k[i, j]^T)
+def _after(x, g):
+    """x itself, made to depend on the incoming gradient g, so that XLA computes what follows from x in the backward pass.
+    Without it XLA merges a custom VJP's recomputation with the forward pass, keeping the very buffers the VJP avoids."""
+    return x + jnp.zeros((), x.dtype) * g.reshape(-1)[0].astype(x.dtype)
+
+
+@jax.custom_vjp
+def conv_im2col(x, k):
+    """'SAME' stride-1 conv as one matmul: (B, H, W, cin), (kh, kw, cin, cout) -> (B, H, W, cout)."""
+    kh, kw, cin, cout = k.shape
+    b, h, w, _ = x.shape
+    xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    cols = jnp.concatenate([xp[:, i : i + h, j : j + w] for i in range(kh) for j in range(kw)], -1)  # (B, H, W, kh kw cin)
+    return (cols.reshape(-1, kh * kw * cin) @ k.reshape(-1, cout)).reshape(b, h, w, cout)
+
+
+def _conv_im2col_fwd(x, k):
+    return conv_im2col(x, k), (x, k)  # residuals: the input, not the columns
+
+
+def _conv_im2col_bwd(res, g):
+    x, k = res
+    kh, kw, cin, cout = k.shape
+    b, h, w, _ = x.shape
+    g2 = g.reshape(-1, cout)  # (B H W, cout)
+    xp = _after(jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0))), g)  # tap windows copied here
+    taps = [(i, j) for i in range(kh) for j in range(kw)]
+    dk = jnp.stack([xp[:, i : i + h, j : j + w].reshape(-1, cin).T @ g2 for i, j in taps]).reshape(k.shape)
+    dxp = sum(jnp.pad((g2 @ k[i, j].T).reshape(b, h, w, cin), ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0)))
+              for i, j in taps)  # fmt: skip  # (B, H + kh - 1, W + kw - 1, cin)
+    return dxp[:, kh // 2 : kh // 2 + h, kw // 2 : kw // 2 + w].astype(x.dtype), dk.astype(k.dtype)
+
+
+conv_im2col.defvjp(_conv_im2col_fwd, _conv_im2col_bwd)
+
+
+# The max over the 4 pool phases with a hand-written backward: autodiff of max keeps a float32 copy of the "which phase
+# was the max" mask next to its input (in the first encoder layer, as large as the layer's output); this keeps only
+# the input and rebuilds the mask in the backward pass. Ties share the gradient equally, as under autodiff.
+@jax.custom_vjp
+def phase_max(y):  # (..., 4, C) -> (..., C)
+    return y.max(-2)
+
+
+def _phase_max_fwd(y):
+    return y.max(-2), y
+
+
+def _phase_max_bwd(y, g):
+    y = _after(y, g)
+    hit = (y == y.max(-2, keepdims=True)).astype(g.dtype)  # (..., 4, C)
+    return (hit / hit.sum(-2, keepdims=True) * g[..., None, :],)
+
+
+phase_max.defvjp(_phase_max_fwd, _phase_max_bwd)
+
+
+def conv5x5_maxpool(x, kernel, bias):
+    """== maxpool2(conv5x5_same(x) + bias), (B, H, W, C) -> (B, H/2, W/2, cout)."""
+    b, h, w, c = x.shape
+    cout = kernel.shape[-1]
+    if c > 48:  # wide inputs: XLA's conv is fine; the pool as a reshape-max (its backward is cheap)
+        y = jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), "SAME", dimension_numbers=_DN)
+        return maxpool2(y) + bias.astype(x.dtype)
+    xs = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h // 2, w // 2, 4 * c)  # s2d
+    s = _phase_taps_pool()
+    k3 = jnp.einsum("upay,vqbx,yxio->uvpqiabo", s, s, kernel.astype(jnp.float32), precision="highest")
+    k3 = k3.reshape(3, 3, 4 * c, 4 * cout).astype(x.dtype)  # 3x3 taps, (phase, cin) -> (phase, cout)
+    return phase_max(conv_im2col(xs, k3).reshape(b, h // 2, w // 2, 4, cout)) + bias.astype(x.dtype)
+
+
+def upsample_conv5x5(x, kernel, bias):
+    """== conv5x5_same(upsample2(x)) + bias, (B, h, w, cin) -> (B, 2h, 2w, cout)."""
+    b, h, w, cin = x.shape
+    cout = kernel.shape[-1]
+    t = _phase_taps_up()
+    k3 = jnp.einsum("auy,bvx,yxio->uviabo", t, t, kernel.astype(jnp.float32), precision="highest")
+    k3 = k3.reshape(3, 3, cin, 4 * cout).astype(x.dtype)
+    if 4 * cout < cin:  # narrow output (last decoder layer): XLA's conv beats copying 9 x cin input channels
+        y = jax.lax.conv_general_dilated(x, k3, (1, 1), "SAME", dimension_numbers=_DN)
+    else:
+        y = conv_im2col(x, k3)  # (B, h, w, 4 cout): the 4 output phases
+    y = y.reshape(b, h, w, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, cout)
+    return y + bias.astype(x.dtype)
+
+
+# RMSNorm -> SiLU, the pair that follows every Linear and Conv, as one function with a hand-written backward. Plain
+# autodiff keeps the normalised tensor and the sigmoid of every layer for the backward pass next to its input; this
+# keeps only the input y (and the scale) and recomputes the rest, which is elementwise and cheap. In float32, with
+# r = rsqrt(mean(y^2) + eps), n = y r, u = n * scale, out = silu(u) = u sigmoid(u):
+#   du = g sigmoid(u) (1 + u (1 - sigmoid(u)))     dscale = sum over all rows of du * n
+#   dn = du * scale                                 dy = r (dn - n mean(dn * n))   (mean over the normalised axis)
+def _rmsnorm_silu_fwd_math(y, scale, eps):
+    y = y.astype(jnp.float32)
+    r = jax.lax.rsqrt(jnp.mean(y * y, -1, keepdims=True) + eps)
+    n = y * r
+    return r, n, n * scale
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def rmsnorm_silu(y, scale, eps: float):
+    """silu(rmsnorm(y) * scale) over the last axis, computed in float32, returned in y's dtype: (..., C) -> (..., C)."""
+    u = _rmsnorm_silu_fwd_math(y, scale, eps)[2]
+    return (u * jax.nn.sigmoid(u)).astype(y.dtype)
+
+
+def _rmsnorm_silu_fwd(y, scale, eps):
+    return rmsnorm_silu(y, scale, eps), (y, scale)
+
+
+def _rmsnorm_silu_bwd(eps, res, g):
+    y, scale = res
+    r, n, u = _rmsnorm_silu_fwd_math(_after(y, g), scale, eps)
+    s = jax.nn.sigmoid(u)
+    du = g.astype(jnp.float32) * s * (1.0 + u * (1.0 - s))
+    dscale = jnp.sum(du * n, tuple(range(du.ndim - 1)))
+    dn = du * scale
+    dy = r * (dn - n * jnp.mean(dn * n, -1, keepdims=True))
+    return dy.astype(y.dtype), dscale.astype(scale.dtype)
+
+
+rmsnorm_silu.defvjp(_rmsnorm_silu_fwd, _rmsnorm_silu_bwd)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ latent dynamics", ICLR 2024, OpenReview TjCDNssXKU) on top of DreamerV3 (Hafner 
     python thick_dreamer_jax.py --env-id CartPole-v1 --model-size 1m     # vector observations
     python thick_dreamer_jax.py --evaluate runs/<run>/thick_dreamer_jax.cleanrl_model --eval-episodes 10
 
-THICK: this file is dreamerv3_jax.py plus blocks tagged "THICK:" / "ALGO LOGIC: THICK" (shared/specs/thick.md section 0):
+THICK: this file is dreamerv3_jax.py plus blocks tagged "THICK:" / "ALGO LOGIC: THICK" (THIX below: the authors' code,
+brahmasp/thix@a5054b4):
 a C-RSSM (a GateL0RD context c that changes sparsely, fed into the GRU, the priors, the posterior and all heads; a
 coarse prior, decoder, reward and continue head without h; a sparsity loss on the gate openings), a high-level model
 that predicts the state, action, time and reward of the next context change, and the THICK Dreamer value: both critics
@@ -16,11 +17,11 @@ high-level step per imagined state. `diff dreamerv3_jax.py thick_dreamer_jax.py`
 tagged blocks, plus untagged lines that only thread the context c (and the coarse critic's slow copy) through carries,
 signatures and replay.
 
-This is the "v3-latest" agent of danijar/dreamerv3 (HEAD, = arXiv v2 = the Nature paper), following
-shared/specs/dreamerv3.md. Decisions (spec section 0): block-diagonal GRU with RMSNorm, one LaProp optimizer with
-adaptive gradient clipping and warm-up, symexp two-hot reward/critic, replay critic loss ("repval"), dynamics KL scale
-1.0, and stored replay latents used as the start state of every training window ("replay context"). Flags reproduce the
-2023 variant where it differs: --dyn-scale 0.5, --actor-unimix 0.01, --replay-context 0.
+This is the "v3-latest" agent of danijar/dreamerv3@e3f0224 (= arXiv 2301.04104v2 = the Nature paper): block-diagonal
+GRU with RMSNorm, one LaProp optimizer with adaptive gradient clipping and warm-up, symexp two-hot reward/critic, replay
+critic loss ("repval"), dynamics KL scale 1.0, and stored replay latents used as the start state of every training window
+("replay context"). Flags reproduce the 2023 variant where it differs: --dyn-scale 0.5, --actor-unimix 0.01,
+--replay-context 0.
 
 File map (numbered sections):
   0. Arguments                      5. Optimizer: AGC + LaProp + warm-up
@@ -28,6 +29,7 @@ File map (numbered sections):
   2. Layers                         7. The agent: observe, imagine, losses, one jitted train step, policy step
   3. World model networks           8. Checkpoints (state + replay as one unit), stop signals, evaluation
   4. Actor and critic heads         9. Progress lines and the main loop (CleanRL skeleton)
+                                    Appendix: fast kernels (exact CPU forms of the convolutions and RMSNorm -> SiLU)
   3b. THICK: high-level model and target extraction
 Shapes: B batch, T batch length, N = B*T imagination starts, H imagination horizon, D deter, S stoch latents,
 K classes per latent, F = D + S*K + C features, A action dim, C context dim, NA high-level actions.
@@ -158,7 +160,7 @@ class Args:
     replay_context: int = 1
     """1: start every training window from the latents stored in replay; 0: from zeros (2023 version)"""
 
-    # THICK: C-RSSM, high-level model, THICK Dreamer value (shared/specs/thick.md sections 0 and 5.3)
+    # THICK: C-RSSM, high-level model, THICK Dreamer value
     sparse_scale: float = 1.0
     """beta_sparse, the weight of the sparsity loss on the context gates (tune it: see docs/thick.md)"""
     context_dim: int = 8
@@ -205,7 +207,8 @@ class Args:
     --env-id is given)"""
 
 
-# Model-size presets (spec 1.2): deter, hidden, classes per latent, CNN depth, MLP units; always 32 latents (debug: 8).
+# Model-size presets (danijar/dreamerv3:dreamerv3/configs.yaml@e3f0224, size*): deter, hidden, classes per latent,
+# CNN depth, MLP units; always 32 latents (debug: 8).
 SIZES = {
     "debug": dict(deter=64, hidden=32, classes=4, depth=4, units=32, stoch=8),
     "1m": dict(deter=512, hidden=64, classes=4, depth=4, units=64, stoch=32),
@@ -396,7 +399,7 @@ def categorical_entropy(logits):
 
 
 def lambda_return(rew, live, cont, boot):
-    """Lambda-returns by a reverse scan (spec 2.3), all inputs (N, L); returns R_0..R_{L-2}, shape (N, L-1).
+    """Lambda-returns by a reverse scan, all inputs (N, L); returns R_0..R_{L-2}, shape (N, L-1).
 
         R_{L-1} = boot_{L-1}
         R_k     = rew_{k+1} + live_{k+1} * [ (1 - cont_{k+1}) * boot_{k+1} + cont_{k+1} * R_{k+1} ]
@@ -415,7 +418,7 @@ def lambda_return(rew, live, cont, boot):
     return rets.T  # (N, L-1)
 
 
-# THICK: GateL0RD gate algebra and the sparsity loss (thick spec 1.1b, 1.3), always float32
+# THICK: GateL0RD gate algebra and the sparsity loss, always float32
 def gate_math(s, r_pre, c_prev):
     """s: gate pre-activation (noise included), r_pre: candidate pre-activation, c_prev: c_{t-1}; all (..., C).
 
@@ -436,7 +439,7 @@ def sparse_loss(theta, sparse_free: float):
 
 
 def long_value(r_hat, delta_hat, con_c, v_c, gamma: float):
-    """THICK Dreamer's long-horizon value (thick spec 3.2): V_long = R_hat + gamma^Delta_hat * con_c * v_c, where
+    """THICK Dreamer's long-horizon value: V_long = R_hat + gamma^Delta_hat * con_c * v_c, where
     R_hat = sum_{j=t+1}^{tau} gamma^(j-t-1) r_j, Delta_hat = tau - 1 - t and con_c ~ gamma * cont at tau."""
     return r_hat + gamma**delta_hat * con_c * v_c
 
@@ -449,7 +452,7 @@ def mixed_target(ret, v_long, psi: float, mask_sum):
 
 
 def percentile_update(lo_hi, ret, rate: float = 0.01, perclo: float = 5.0, perchi: float = 95.0):
-    """Return-scale EMA (spec 2.4): lo <- (1-rate) lo + rate P5(R), hi likewise with P95; scale S = max(1, hi - lo)."""
+    """Return-scale EMA: lo <- (1-rate) lo + rate P5(R), hi likewise with P95; scale S = max(1, hi - lo)."""
     lo = (1 - rate) * lo_hi[0] + rate * jnp.percentile(ret, perclo)
     hi = (1 - rate) * lo_hi[1] + rate * jnp.percentile(ret, perchi)
     return jnp.stack([lo, hi]), jnp.maximum(1.0, hi - lo)
@@ -464,7 +467,7 @@ def trunc_normal(outscale: float = 1.0):
     """Truncated normal on [-2, 2] times 1.1368 (undoes the truncation's std) times sqrt(1 / fan_in).
 
     fan_in = product of all kernel axes but the last: Linear (in, out) -> in; Conv (k, k, cin, cout) -> k*k*cin;
-    BlockLinear (g, in/g, out/g) -> in, the full input width (spec 1.1). outscale 0 gives an all-zero kernel.
+    BlockLinear (g, in/g, out/g) -> in, the full input width. outscale 0 gives an all-zero kernel.
     """
 
     def init(key, shape, dtype=jnp.float32):
@@ -507,136 +510,10 @@ class BlockLinear(nn.Module):
         return y.reshape(*y.shape[:-2], self.units) + bias.astype(self.dtype)
 
 
-# XLA's CPU convolutions are slow at these shapes (shared/notes/cpu-performance.md): a 5x5 conv on 3 input channels runs
-# at a tenth of the matmul rate, the max-pool backward costs as much as the conv, and the weight gradient of a conv runs
-# at ~16 GFLOP/s (profiled: benchmark/dreamerv3_profile.py). Exact reformulations (same parameters, same outputs;
-# tested against the plain forms in tests/test_dreamerv3.py) roughly halve the encoder + decoder time:
-#   im2col:        stack the 9 shifted copies of the padded input on the channel axis -> one matmul (K = 9 cin);
-#                  the gradients are per-tap matmuls (custom VJP below). The copies cost memory traffic, so im2col pays
-#                  only when the matmul is wide; a narrow output (the decoder's last layer: 12 = 4 phases x 3 colours)
-#                  goes to XLA's conv instead.
-#   conv + pool:   fold each 2x2 pixel block into channels (space-to-depth). The 4 output phases of a 5x5 conv at full
-#                  resolution are then one 3x3 conv at half resolution (4 cin -> 4 cout, re-arranged weights), and the
-#                  2x2 max-pool is a max over the 4 phases. Used up to 48 input channels; wider inputs (the last
-#                  encoder layer, 8x8) use XLA's conv directly.
-#   up + conv:     a 5x5 conv after nearest 2x upsampling equals, per output phase, a 3x3 conv on the low-resolution map
-#                  ("sub-pixel" conv, 2.8x fewer FLOPs); the 4 phases interleave into the high-resolution output.
-# The per-layer choices come from a per-op trace of the 12m update (`python benchmark/dreamerv3_profile.py --size 12m
-# --parts full --trace 30`; docs/dreamerv3.md, "Speed: details").
-_DN = ("NHWC", "HWIO", "NHWC")
-
-
-def _phase_taps_pool() -> np.ndarray:
-    """S[u, p, a, y] = 1 iff 3x3 tap u on s2d input phase p feeds output phase a through 5x5 tap y (y = 2u + p - a)."""
-    s = np.zeros((3, 2, 2, 5), np.float32)
-    for u, p, a in np.ndindex(3, 2, 2):
-        if 0 <= 2 * u + p - a < 5:
-            s[u, p, a, 2 * u + p - a] = 1
-    return s
-
-
-def _phase_taps_up() -> np.ndarray:
-    """T[a, u, y] = 1 iff, for output phase a, 5x5 tap y reads low-resolution tap u of a 3x3 window."""
-    t = np.zeros((2, 3, 5), np.float32)
-    for a, y in np.ndindex(2, 5):
-        t[a, (a + y - 2) // 2 + 1, y] = 1
-    return t
-
-
-# The columns of conv_im2col are kh kw = 9x larger than its input. Plain autodiff keeps them from the forward to the
-# backward pass (for the kernel gradient), and they were the largest buffers of an update. jax.checkpoint does not help
-# on XLA:CPU: it merges the recomputation back into the forward pass (docs/dreamerv3.md, "Speed"). So the custom VJP
-# keeps only the input and computes both gradients tap by tap, with x_ij = the input window of tap (i, j):
-#   dk[i, j] = x_ij^T g        dx = sum_ij shift_ij(g k[i, j]^T)
-def _after(x, g):
-    """x itself, made to depend on the incoming gradient g, so that XLA computes what follows from x in the backward pass.
-    Without it XLA merges a custom VJP's recomputation with the forward pass, keeping the very buffers the VJP avoids."""
-    return x + jnp.zeros((), x.dtype) * g.reshape(-1)[0].astype(x.dtype)
-
-
-@jax.custom_vjp
-def conv_im2col(x, k):
-    """'SAME' stride-1 conv as one matmul: (B, H, W, cin), (kh, kw, cin, cout) -> (B, H, W, cout)."""
-    kh, kw, cin, cout = k.shape
-    b, h, w, _ = x.shape
-    xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
-    cols = jnp.concatenate([xp[:, i : i + h, j : j + w] for i in range(kh) for j in range(kw)], -1)  # (B, H, W, kh kw cin)
-    return (cols.reshape(-1, kh * kw * cin) @ k.reshape(-1, cout)).reshape(b, h, w, cout)
-
-
-def _conv_im2col_fwd(x, k):
-    return conv_im2col(x, k), (x, k)  # residuals: the input, not the columns
-
-
-def _conv_im2col_bwd(res, g):
-    x, k = res
-    kh, kw, cin, cout = k.shape
-    b, h, w, _ = x.shape
-    g2 = g.reshape(-1, cout)  # (B H W, cout)
-    xp = _after(jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0))), g)  # tap windows copied here
-    taps = [(i, j) for i in range(kh) for j in range(kw)]
-    dk = jnp.stack([xp[:, i : i + h, j : j + w].reshape(-1, cin).T @ g2 for i, j in taps]).reshape(k.shape)
-    dxp = sum(jnp.pad((g2 @ k[i, j].T).reshape(b, h, w, cin), ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0)))
-              for i, j in taps)  # fmt: skip  # (B, H + kh - 1, W + kw - 1, cin)
-    return dxp[:, kh // 2 : kh // 2 + h, kw // 2 : kw // 2 + w].astype(x.dtype), dk.astype(k.dtype)
-
-
-conv_im2col.defvjp(_conv_im2col_fwd, _conv_im2col_bwd)
-
-
-# The max over the 4 pool phases with a hand-written backward: autodiff of max keeps a float32 copy of the "which phase
-# was the max" mask next to its input (at 12m that mask alone is 537 MB in the first encoder layer); this keeps only
-# the input and rebuilds the mask in the backward pass. Ties share the gradient equally, as under autodiff.
-@jax.custom_vjp
-def phase_max(y):  # (..., 4, C) -> (..., C)
-    return y.max(-2)
-
-
-def _phase_max_fwd(y):
-    return y.max(-2), y
-
-
-def _phase_max_bwd(y, g):
-    y = _after(y, g)
-    hit = (y == y.max(-2, keepdims=True)).astype(g.dtype)  # (..., 4, C)
-    return (hit / hit.sum(-2, keepdims=True) * g[..., None, :],)
-
-
-phase_max.defvjp(_phase_max_fwd, _phase_max_bwd)
-
-
-def conv5x5_maxpool(x, kernel, bias):
-    """== maxpool2(conv5x5_same(x) + bias), (B, H, W, C) -> (B, H/2, W/2, cout)."""
-    b, h, w, c = x.shape
-    cout = kernel.shape[-1]
-    if c > 48:  # wide inputs: XLA's conv is fine; the pool as a reshape-max (its backward is cheap)
-        y = jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), "SAME", dimension_numbers=_DN)
-        return maxpool2(y) + bias.astype(x.dtype)
-    xs = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h // 2, w // 2, 4 * c)  # s2d
-    s = _phase_taps_pool()
-    k3 = jnp.einsum("upay,vqbx,yxio->uvpqiabo", s, s, kernel.astype(jnp.float32), precision="highest")
-    k3 = k3.reshape(3, 3, 4 * c, 4 * cout).astype(x.dtype)  # 3x3 taps, (phase, cin) -> (phase, cout)
-    return phase_max(conv_im2col(xs, k3).reshape(b, h // 2, w // 2, 4, cout)) + bias.astype(x.dtype)
-
-
-def upsample_conv5x5(x, kernel, bias):
-    """== conv5x5_same(upsample2(x)) + bias, (B, h, w, cin) -> (B, 2h, 2w, cout)."""
-    b, h, w, cin = x.shape
-    cout = kernel.shape[-1]
-    t = _phase_taps_up()
-    k3 = jnp.einsum("auy,bvx,yxio->uviabo", t, t, kernel.astype(jnp.float32), precision="highest")
-    k3 = k3.reshape(3, 3, cin, 4 * cout).astype(x.dtype)
-    if 4 * cout < cin:  # narrow output (last decoder layer): XLA's conv beats copying 9 x cin input channels
-        y = jax.lax.conv_general_dilated(x, k3, (1, 1), "SAME", dimension_numbers=_DN)
-    else:
-        y = conv_im2col(x, k3)  # (B, h, w, 4 cout): the 4 output phases
-    y = y.reshape(b, h, w, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, cout)
-    return y + bias.astype(x.dtype)
-
-
 class Conv(nn.Module):
     """5x5 stride-1 'SAME' convolution with bias, NHWC; mode 'pool' adds a 2x2 max-pool after it (encoder), 'up' a
-    nearest 2x upsampling before it (decoder); both computed by the exact reformulations above."""
+    nearest 2x upsampling before it (decoder): plainly maxpool2(conv(x) + bias) and conv(upsample2(x)) + bias, computed
+    by the exact reformulations of the appendix (conv5x5_maxpool, upsample_conv5x5)."""
 
     channels: int
     mode: str  # "pool" or "up"
@@ -653,47 +530,9 @@ class Conv(nn.Module):
         return upsample_conv5x5(x, k, bias)
 
 
-# RMSNorm -> SiLU, the pair that follows every Linear and Conv, as one function with a hand-written backward. Plain
-# autodiff keeps the normalised tensor and the sigmoid of every layer for the backward pass next to its input; this
-# keeps only the input y (and the scale) and recomputes the rest, which is elementwise and cheap. In float32, with
-# r = rsqrt(mean(y^2) + eps), n = y r, u = n * scale, out = silu(u) = u sigmoid(u):
-#   du = g sigmoid(u) (1 + u (1 - sigmoid(u)))     dscale = sum over all rows of du * n
-#   dn = du * scale                                 dy = r (dn - n mean(dn * n))   (mean over the normalised axis)
-def _rmsnorm_silu_fwd_math(y, scale, eps):
-    y = y.astype(jnp.float32)
-    r = jax.lax.rsqrt(jnp.mean(y * y, -1, keepdims=True) + eps)
-    n = y * r
-    return r, n, n * scale
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def rmsnorm_silu(y, scale, eps: float):
-    """silu(rmsnorm(y) * scale) over the last axis, computed in float32, returned in y's dtype: (..., C) -> (..., C)."""
-    u = _rmsnorm_silu_fwd_math(y, scale, eps)[2]
-    return (u * jax.nn.sigmoid(u)).astype(y.dtype)
-
-
-def _rmsnorm_silu_fwd(y, scale, eps):
-    return rmsnorm_silu(y, scale, eps), (y, scale)
-
-
-def _rmsnorm_silu_bwd(eps, res, g):
-    y, scale = res
-    r, n, u = _rmsnorm_silu_fwd_math(_after(y, g), scale, eps)
-    s = jax.nn.sigmoid(u)
-    du = g.astype(jnp.float32) * s * (1.0 + u * (1.0 - s))
-    dscale = jnp.sum(du * n, tuple(range(du.ndim - 1)))
-    dn = du * scale
-    dy = r * (dn - n * jnp.mean(dn * n, -1, keepdims=True))
-    return dy.astype(y.dtype), dscale.astype(scale.dtype)
-
-
-rmsnorm_silu.defvjp(_rmsnorm_silu_fwd, _rmsnorm_silu_bwd)
-
-
 class NormSiLU(nn.Module):
     """RMSNorm then SiLU: silu(x * rsqrt(mean(x^2) + 1e-4) * scale) over the last axis, in float32 (learned scale, no
-    shift); every norm in these networks is followed by SiLU, so the two are one function (rmsnorm_silu above)."""
+    shift); every norm in these networks is followed by SiLU, so the two are one function (rmsnorm_silu, appendix)."""
 
     eps: float = 1e-4
 
@@ -745,7 +584,7 @@ def upsample2(x):  # nearest neighbour, (N, H, W, C) -> (N, 2H, 2W, C)
 
 
 # ======================================================================================================================
-# 3. World model networks (spec 1.3 - 1.6)
+# 3. World model networks (danijar/dreamerv3:dreamerv3/rssm.py@e3f0224)
 # ======================================================================================================================
 
 
@@ -773,8 +612,8 @@ class Encoder(nn.Module):
 
 
 class RSSM(nn.Module):
-    """Recurrent state-space model with a block-diagonal GRU core (spec 1.4). State: deter h (D,) and stoch z (S, K).
-    THICK: C-RSSM (thick spec 1.1): a context c (C,) from a GateL0RD cell, updated from (z_{t-1}, a_{t-1}, c_{t-1})
+    """Recurrent state-space model with a block-diagonal GRU core. State: deter h (D,) and stoch z (S, K).
+    THICK: C-RSSM: a context c (C,) from a GateL0RD cell, updated from (z_{t-1}, a_{t-1}, c_{t-1})
     before the GRU and fed into the GRU (a 4th embedding), the fine prior and the posterior; a coarse prior without h."""
 
     deter: int
@@ -813,7 +652,7 @@ class RSSM(nn.Module):
         return self.embed_z(z.reshape(*z.shape[:-2], -1)), self.embed_a(a)
 
     def context_step(self, z, a, c, key, noise=1.0):
-        """THICK: c_t = GateL0RD([emb z_{t-1}, emb a_{t-1}], c_{t-1}) in float32 (thick spec 1.1b);
+        """THICK: c_t = GateL0RD([emb z_{t-1}, emb a_{t-1}], c_{t-1}) in float32;
         noise scales sigma (0 = off). Returns (c_t, Theta_t, Lambda_t, emb z, emb a); c_t depends on (z_{t-1}, a_{t-1},
         c_{t-1}) only."""
         ez, ea = self.embed_za(z, a)
@@ -849,17 +688,17 @@ class RSSM(nn.Module):
         return unimix_logits(self.post_out(x).reshape(*h.shape[:-1], self.stoch, self.classes), self.unimix)
 
     def coarse_prior(self, c, ez, ea):
-        """THICK: p_c(z_t | c_t, z_{t-1}, a_{t-1}), no h (thick spec 1.1f):
+        """THICK: p_c(z_t | c_t, z_{t-1}, a_{t-1}), no h:
         one hidden layer on [c_t, emb z_{t-1}, emb a_{t-1}]."""
         x = self.coarse_layer(jnp.concatenate([c.astype(self.dtype), ez, ea], -1))
         return unimix_logits(self.coarse_out(x).reshape(*c.shape[:-1], self.stoch, self.classes), self.unimix)
 
 
 class Decoder(nn.Module):
-    """Image (spec 1.5): h -> BlockLinear to a 4x4xC map (block k = channels k*C/8 ..), z -> MLP -> 4x4xC; their sum
+    """Image: h -> BlockLinear to a 4x4xC map (block k = channels k*C/8 ..), z -> MLP -> 4x4xC; their sum
     -> RMSNorm -> SiLU; 3 x [upsample -> Conv5x5 -> RMSNorm -> SiLU] with C = 4d, 3d, 2d; upsample -> Conv5x5 ->
     sigmoid, 4 -> 8 -> 16 -> 32 -> 64. Vector: 3 x [Linear -> RMSNorm -> SiLU] on [z, h] -> prediction of symlog(x).
-    THICK: the fine decoder's z branch takes [z, c] (thick spec 1.2: fine heads on [h, z, c]); the coarse decoder is
+    THICK: the fine decoder's z branch takes [z, c] (the fine heads see [h, z, c]); the coarse decoder is
     this module with c in place of h, a single block and no ctx."""
 
     depth: int
@@ -891,13 +730,13 @@ class Decoder(nn.Module):
 
 
 # ======================================================================================================================
-# 3b. THICK: high-level model and its targets (thick spec 2)
+# 3b. THICK: high-level model and its targets
 # ======================================================================================================================
 
 
 # ALGO LOGIC: THICK
 def extract_targets(ev, first, logits, stoch, ctx, act, rew, gamma: float):
-    """High-level targets by a reverse lax.scan over time (thick spec 2.5). For every step t of a window:
+    """High-level targets by a reverse lax.scan over time. For every step t of a window:
     tau(t) = min{j > t : ev_j} (ev = any gate open | is_terminal), invalid if an is_first lies in (t, tau] or no event
     follows inside the window. ev, first, rew: (B, T); logits (B, T, S, K); stoch (B, T, S*K); ctx (B, T, C); act (B, T, A).
     Returns (B, T, ...) arrays: mask, delta = tau - 1 - t, z = logits[tau - 1], a = act[tau - 1],
@@ -934,7 +773,7 @@ def extract_targets(ev, first, logits, stoch, ctx, act, rew, gamma: float):
 
 
 class HighLevelModel(nn.Module):
-    """THICK high-level model (thick spec 2.3): independent 2-layer MLPs (THIX layout, width = units) on the stop-gradient
+    """THICK high-level model: independent 2-layer MLPs (THIX layout, width = units) on the stop-gradient
     input u = [flat z_t, c_t] and a one-hot high-level action A. Prior p(A | u), posterior q(A | u, c_tau, z_{tau-1});
     heads for z_{tau-1} (S x K logits), a_{tau-1} (actor-style distribution), Delta (MSE) and R (symexp two-hot)."""
 
@@ -953,7 +792,7 @@ class HighLevelModel(nn.Module):
         self.time, self.reward = mlp(1), mlp(255, 0.0)
 
     def __call__(self, u, c_next, z_prev, key):
-        """Training pass with A ~ q(A | u, c_tau, z_{tau-1}) as a straight-through one-hot sample ([O], thick spec 0).
+        """Training pass with A ~ q(A | u, c_tau, z_{tau-1}) as a straight-through one-hot sample (our choice).
         Returns the heads' outputs and the prior / posterior log-probs."""
         lp, lq = self.prior_logp(u), jax.nn.log_softmax(self.post(jnp.concatenate([u, c_next, z_prev], -1)), -1)
         return self.heads(u, sample_onehot(key, lq)), lp, lq
@@ -968,7 +807,7 @@ class HighLevelModel(nn.Module):
 
 
 # ======================================================================================================================
-# 4. Actor and critic heads (spec 1.6)
+# 4. Actor and critic heads
 # ======================================================================================================================
 
 
@@ -989,7 +828,7 @@ def actor_dist(out, discrete: bool, unimix: float):
 
 
 # ======================================================================================================================
-# 5. Optimizer: adaptive gradient clipping -> LaProp (RMS-normalise, then momentum) -> linear warm-up (spec 3)
+# 5. Optimizer: adaptive gradient clipping -> LaProp (RMS-normalise, then momentum) -> linear warm-up
 # ======================================================================================================================
 
 
@@ -1040,7 +879,7 @@ def learning_rate_at(args: Args, update: int) -> float:
 
 
 def updates_due(global_step: int, sched_prev: float | None, ratio: float) -> tuple[int, float]:
-    """Train-ratio scheduler (spec 4): how many updates are due at `global_step`, and the new scheduler position.
+    """Train-ratio scheduler: how many updates are due at `global_step`, and the new scheduler position.
     ratio = train_ratio / (B * T) updates per policy step. The first call (sched_prev None) returns exactly 1; after it,
     due = floor((step - prev) * ratio) and prev advances by due / ratio, so the fractional part carries over and the
     updates per policy step average to `ratio`."""
@@ -1051,7 +890,7 @@ def updates_due(global_step: int, sched_prev: float | None, ratio: float) -> tup
 
 
 # ======================================================================================================================
-# 6. Replay buffer: one FIFO stream per env; windows of T + 1 steps; latents stored next to the observations (spec 4)
+# 6. Replay buffer: one FIFO stream per env; windows of T + 1 steps; latents stored next to the observations
 # ======================================================================================================================
 
 
@@ -1120,7 +959,7 @@ class Replay:
                 starts[b] = (oldest + self.rng.integers(valid[env[b]])) % self.capacity
         index = (starts[:, None] + np.arange(self.length)) % self.capacity  # (B, T+1)
         batch_data = {k: v[env[:, None], index] for k, v in self.data.items()}
-        # a step followed by an episode start is a last step (spec 4), also where the stream was cut without one: the
+        # a step followed by an episode start is a last step, also where the stream was cut without one: the
         # last step stored before a --resume (the envs restart then)
         batch_data["is_last"] = batch_data["is_last"] | np.pad(batch_data["is_first"][:, 1:], ((0, 0), (0, 1)))
         return batch_data, env, index
@@ -1368,7 +1207,7 @@ class Agent:
 
     # ------------------------------------------------------------------------------------------------ THICK: HL step
     def hl_step(self, p, z, c, key):
-        """ALGO LOGIC: THICK: one high-level step from (z_t, c_t) (thick spec 2.4, 3.2), inputs (..., S, K), (..., C):
+        """ALGO LOGIC: THICK: one high-level step from (z_t, c_t), inputs (..., S, K), (..., C):
         A ~ prior, z_{tau-1} ~ state head, a_{tau-1} ~ action head, Delta = clip(time head, 0, T-1), R = reward head mean;
         then one coarse C-RSSM step: c_tau = gate(c_t; z_{tau-1}, a_{tau-1}) (c is constant until tau - 1) and
         z_c ~ p_c(. | c_tau, z_{tau-1}, a_{tau-1}). Returns a dict with c_tau, zc, delta, R, z_pre, a_pre, prior log-probs."""
@@ -1392,7 +1231,7 @@ class Agent:
         return c_tau, sample_onehot(sample_key, self.coarse_prior(p, c_tau, ez, ea))
 
     def hl_loss(self, p_hl, tg, z, c, key):
-        """ALGO LOGIC: THICK: masked high-level loss (thick spec 2.2, 2.3), averaged over all (b, t); inputs stop-gradient.
+        """ALGO LOGIC: THICK: masked high-level loss, averaged over all (b, t); inputs stop-gradient.
         tg: extract_targets output; z (B, T, S, K) posterior samples; c (B, T, C). Returns (total, terms, stats)."""
         u = sg(self.cfeat(z, c))
         k_post, k_prior = jax.random.split(key)
@@ -1404,7 +1243,7 @@ class Agent:
                "hl_a": -actor_dist(out["a"], self.discrete, 0.0)[1](sg(tg["a"])),  # NLL of a_{tau-1}
                "hl_delta": (out["delta"] - sg(tg["delta"])) ** 2,  # MSE (THIX)
                "hl_R": twohot_loss(out["R"], sg(tg["R"]), bins()),  # symexp two-hot (THIX)
-               "hl_A_kl": kl_a}  # balanced KL, alpha = 0.8 ([O]): the posterior gets 0.2 of the gradient  # fmt: skip
+               "hl_A_kl": kl_a}  # balanced KL, alpha = 0.8 (our choice): the posterior gets 0.2 of the gradient  # fmt: skip
         terms = {k: self.args.hl_scale * jnp.mean(m * v) for k, v in raw.items()}  # zero (and finite) for an empty mask
         msum = jnp.maximum(m.sum(), 1.0)
         # quality diagnostics, for the heads given A from the prior (as the high-level step behind V_long samples it) and,
@@ -1424,14 +1263,15 @@ class Agent:
 
     # ------------------------------------------------------------------------------------------------ losses
     def loss(self, params, slow_critic, slow_ccritic, retnorm, batch, key):
-        """The single scalar loss of spec 2.8 and its parts. batch: arrays (B, T+1, ...) with step 0 as context."""
+        """The single scalar loss (danijar/dreamerv3:dreamerv3/agent.py@e3f0224) and its parts.
+        batch: arrays (B, T+1, ...) with step 0 as context."""
         args, b = self.args, bins()
         k_obs, k_img, k_hl, k_hls = jax.random.split(key, 4)
         obs, reward = batch["obs"][:, 1:], batch["reward"][:, 1:]  # (B, T, ...), (B, T)
         is_first, is_last, is_terminal = batch["is_first"][:, 1:], batch["is_last"][:, 1:], batch["is_terminal"][:, 1:]
         bsz, tlen = reward.shape
 
-        # ALGO LOGIC: world model (spec 2.1)
+        # ALGO LOGIC: world model
         embed = self.enc.apply({"params": params["enc"]}, obs)  # (B, T, E)
         if args.replay_context:  # start from the posterior the actor (or the last update) stored for step 0
             h0 = batch["deter"][:, 0].astype(jnp.float32)
@@ -1458,7 +1298,7 @@ class Agent:
         loss_dyn = jnp.maximum(args.free_nats, kl_dyn)  # free nats: no gradient while KL < 1
         loss_rep = jnp.maximum(args.free_nats, kl_rep)
 
-        # ALGO LOGIC: THICK: coarse prior, coarse heads on (posterior z, c) without h, sparsity loss (thick spec 1.2, 1.3)
+        # ALGO LOGIC: THICK: coarse prior, coarse heads on (posterior z, c) without h, sparsity loss
         cprior = self.coarse_prior(params, c, thick["ez"], thick["ea"])  # (B, T, S, K)
         cfeat = self.cfeat(z, c)
         crecon = self.cdec.apply({"params": params["cdec"]}, c, z)
@@ -1470,12 +1310,12 @@ class Agent:
         loss_ccon = optax.sigmoid_binary_cross_entropy(self.head("ccon", params["ccon"], cfeat)[..., 0], con_target)
         ckl_dyn, ckl_rep = categorical_kl(sg(post), cprior), categorical_kl(post, sg(cprior))
         valid = jnp.ones((bsz, tlen))  # steps whose gate opening can be a change
-        if not args.replay_context:  # a window that starts from zeros re-loads c at t = 0: not a change (thick spec 1.4)
+        if not args.replay_context:  # a window that starts from zeros re-loads c at t = 0: not a change
             valid = valid.at[:, 0].set(0.0)
         theta = thick["theta"] * valid[..., None]  # (B, T, C) straight-through gate openings
         loss_sparse = sparse_loss(theta, args.sparse_free)
 
-        # ALGO LOGIC: THICK: high-level targets (reverse scan) and loss, stop-gradient inputs (thick spec 2)
+        # ALGO LOGIC: THICK: high-level targets (reverse scan) and loss, stop-gradient inputs
         changed = jnp.any(theta > 0, -1)  # g_t = any_i Theta_{t,i}  (B, T)
         ev = changed | is_terminal.astype(bool)
         act = batch["action"][:, 1:]  # a_t, chosen after o_t
@@ -1483,7 +1323,7 @@ class Agent:
         loss_hl, hl_terms, hl_stats = self.hl_loss(params["hl"], tg, z, c, k_hl)
         msum = tg["mask"].sum()
 
-        # ALGO LOGIC: imagination from every posterior state (spec 2.2); nothing here trains the world model
+        # ALGO LOGIC: imagination from every posterior state; nothing here trains the world model
         p_sg, n = sg(params), bsz * tlen
         ih, iz, ic, iact, izc = self.imagine(p_sg, sg(h).reshape(n, -1), sg(z).reshape(n, self.stoch, self.classes),
                                              sg(c).reshape(n, -1), k_img)  # fmt: skip
@@ -1497,7 +1337,7 @@ class Agent:
         weight = sg(jnp.cumprod(icon, 1))  # w_k = prod_{j<=k} c_j, including the start state
         retnorm, scale = percentile_update(retnorm, sg(ret))  # S = max(1, P95 - P5) (EMA)
 
-        # ALGO LOGIC: THICK: one high-level step per imagined state k = 0..H-1 and the long-horizon value (thick spec 3.2)
+        # ALGO LOGIC: THICK: one high-level step per imagined state k = 0..H-1 and the long-horizon value
         #   V_long = R_hat + gamma^Delta_hat * con_c(c_tau, z_c) * v_c(z_c, c_tau);  target = psi ret + (1 - psi) sg(V_long)
         hls = self.hl_step(p_sg, iz[:, :-1], ic[:, :-1], k_hls)  # (N, H, ...)
         tau_feat = self.cfeat(hls["zc"], hls["c_tau"])
@@ -1506,12 +1346,12 @@ class Agent:
         v_long = sg(long_value(hls["R"], hls["delta"], con_c, v_c_tau, self.gamma))  # (N, H)
         target, fallback = mixed_target(ret, v_long, args.psi, msum)  # (N, H); psi = 1 if the batch has no events
 
-        # ALGO LOGIC: actor, REINFORCE for discrete and continuous actions (spec 2.5); THICK: on the pure lambda-return
+        # ALGO LOGIC: actor, REINFORCE for discrete and continuous actions; THICK: on the pure lambda-return
         _, logp, entropy = self.policy(params, ifeat[:, :-1])
         adv = (ret - v[:, :-1]) / scale  # A_k = (R_k - v_k) / S
         loss_actor = weight[:, :-1] * -(logp(sg(iact)) * sg(adv) + args.actor_entropy * entropy)
 
-        # ALGO LOGIC: critic on imagination (spec 2.6), two-hot CE toward sg(target) plus the slow-critic regulariser
+        # ALGO LOGIC: critic on imagination, two-hot CE toward sg(target) plus the slow-critic regulariser
         # THICK: target = the mixed target; the coarse critic v_c(z_c, c) regresses the same target on the imagined states
         loss_critic = weight[:, :-1] * (twohot_loss(v_logits[:, :-1], sg(target), b)
                                         + args.slowreg * twohot_loss(v_logits[:, :-1], sg(slow_v[:, :-1]), b))  # fmt: skip
@@ -1521,7 +1361,7 @@ class Agent:
         loss_ccritic = weight[:, :-1] * (twohot_loss(cv_logits, sg(target), b)
                                          + args.slowreg * twohot_loss(cv_logits, sg(slow_cv), b))  # fmt: skip
 
-        # ALGO LOGIC: replay critic loss (spec 2.7): lambda-returns on the data, bootstrapped with the imagined R_0;
+        # ALGO LOGIC: replay critic loss: lambda-returns on the data, bootstrapped with the imagined R_0;
         # the replay features are NOT stop-gradient, so this loss also trains encoder and RSSM
         boot = sg(ret[:, 0]).reshape(bsz, tlen)
         last, term = is_last.astype(jnp.float32), is_terminal.astype(jnp.float32)
@@ -1552,7 +1392,7 @@ class Agent:
             "stats/imag_cont": icon.mean(), "stats/prior_entropy": categorical_entropy(prior).sum(-1).mean(),
             "stats/post_entropy": categorical_entropy(post).sum(-1).mean(), "stats/repval_ret": rret.mean(),
         }  # fmt: skip
-        # THICK: diagnostics (thick spec 7): change rate, per-dim open rate, mean Lambda when open, HL targets, V_long
+        # THICK: diagnostics: change rate, per-dim open rate, mean Lambda when open, HL targets, V_long
         open_ = (theta > 0).astype(jnp.float32)
         open_rate = jnp.sum(open_, (0, 1)) / valid.sum()  # (C,) per-dim open rate over the valid steps
         metrics |= hl_stats | {
@@ -2245,7 +2085,7 @@ def main(args: Args):
         global_step += args.num_envs
         log_episodes(writer, infos, global_step, episodes_ach)
 
-        # ALGO LOGIC: training at the train ratio (spec 4): replayed steps per policy step = train_ratio
+        # ALGO LOGIC: training at the train ratio: replayed steps per policy step = train_ratio
         if global_step >= args.learning_starts and replay.ready():
             due, sched_prev = updates_due(global_step, sched_prev, ratio)  # the first call trains once
             for _ in range(due):
@@ -2291,6 +2131,175 @@ def main(args: Args):
         save_and_evaluate(args, state.params, run_name, writer)
     envs.close()
     writer.close()
+
+
+# ======================================================================================================================
+# Appendix: fast kernels. Exact reformulations of the convolutions and of RMSNorm -> SiLU for XLA's CPU backend, called
+# by the layers of section 2 (Conv, NormSiLU); each is tested against its plain form in tests/test_dreamerv3.py.
+# ======================================================================================================================
+
+# The convolutions of the image encoder and decoder as exact reformulations (same parameters, same outputs; tested
+# against the plain forms in tests/test_dreamerv3.py), because XLA's CPU convolutions are slow at these shapes (few input
+# channels; the max-pool's backward pass; the kernel gradient). Profiles: docs/notes/cpu-update-time.md.
+#   im2col:        stack the 9 shifted copies of the padded input on the channel axis -> one matmul (K = 9 cin);
+#                  the gradients are per-tap matmuls (custom VJP below). The copies cost memory traffic, so im2col pays
+#                  only when the matmul is wide; a narrow output (the decoder's last layer: 12 = 4 phases x 3 colours)
+#                  goes to XLA's conv instead.
+#   conv + pool:   fold each 2x2 pixel block into channels (space-to-depth). The 4 output phases of a 5x5 conv at full
+#                  resolution are then one 3x3 conv at half resolution (4 cin -> 4 cout, re-arranged weights), and the
+#                  2x2 max-pool is a max over the 4 phases. Used up to 48 input channels; wider inputs (the last
+#                  encoder layer, 8x8) use XLA's conv directly.
+#   up + conv:     a 5x5 conv after nearest 2x upsampling equals, per output phase, a 3x3 conv on the low-resolution map
+#                  ("sub-pixel" conv: 4 phases x 9 taps instead of 4 pixels x 25 taps); the 4 phases interleave into
+#                  the high-resolution output.
+# The per-layer choices come from a per-op trace of the 12m update (benchmark/speed/).
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _phase_taps_pool() -> np.ndarray:
+    """S[u, p, a, y] = 1 iff 3x3 tap u on s2d input phase p feeds output phase a through 5x5 tap y (y = 2u + p - a)."""
+    s = np.zeros((3, 2, 2, 5), np.float32)
+    for u, p, a in np.ndindex(3, 2, 2):
+        if 0 <= 2 * u + p - a < 5:
+            s[u, p, a, 2 * u + p - a] = 1
+    return s
+
+
+def _phase_taps_up() -> np.ndarray:
+    """T[a, u, y] = 1 iff, for output phase a, 5x5 tap y reads low-resolution tap u of a 3x3 window."""
+    t = np.zeros((2, 3, 5), np.float32)
+    for a, y in np.ndindex(2, 5):
+        t[a, (a + y - 2) // 2 + 1, y] = 1
+    return t
+
+
+# The columns of conv_im2col are kh kw = 9x larger than its input. Plain autodiff keeps them from the forward to the
+# backward pass (for the kernel gradient), and they were the largest buffers of an update. jax.checkpoint does not help
+# on XLA:CPU: it merges the recomputation back into the forward pass (docs/notes/cpu-update-time.md). So the custom VJP
+# keeps only the input and computes both gradients tap by tap, with x_ij = the input window of tap (i, j):
+#   dk[i, j] = x_ij^T g        dx = sum_ij shift_ij(g k[i, j]^T)
+def _after(x, g):
+    """x itself, made to depend on the incoming gradient g, so that XLA computes what follows from x in the backward pass.
+    Without it XLA merges a custom VJP's recomputation with the forward pass, keeping the very buffers the VJP avoids."""
+    return x + jnp.zeros((), x.dtype) * g.reshape(-1)[0].astype(x.dtype)
+
+
+@jax.custom_vjp
+def conv_im2col(x, k):
+    """'SAME' stride-1 conv as one matmul: (B, H, W, cin), (kh, kw, cin, cout) -> (B, H, W, cout)."""
+    kh, kw, cin, cout = k.shape
+    b, h, w, _ = x.shape
+    xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    cols = jnp.concatenate([xp[:, i : i + h, j : j + w] for i in range(kh) for j in range(kw)], -1)  # (B, H, W, kh kw cin)
+    return (cols.reshape(-1, kh * kw * cin) @ k.reshape(-1, cout)).reshape(b, h, w, cout)
+
+
+def _conv_im2col_fwd(x, k):
+    return conv_im2col(x, k), (x, k)  # residuals: the input, not the columns
+
+
+def _conv_im2col_bwd(res, g):
+    x, k = res
+    kh, kw, cin, cout = k.shape
+    b, h, w, _ = x.shape
+    g2 = g.reshape(-1, cout)  # (B H W, cout)
+    xp = _after(jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0))), g)  # tap windows copied here
+    taps = [(i, j) for i in range(kh) for j in range(kw)]
+    dk = jnp.stack([xp[:, i : i + h, j : j + w].reshape(-1, cin).T @ g2 for i, j in taps]).reshape(k.shape)
+    dxp = sum(jnp.pad((g2 @ k[i, j].T).reshape(b, h, w, cin), ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0)))
+              for i, j in taps)  # fmt: skip  # (B, H + kh - 1, W + kw - 1, cin)
+    return dxp[:, kh // 2 : kh // 2 + h, kw // 2 : kw // 2 + w].astype(x.dtype), dk.astype(k.dtype)
+
+
+conv_im2col.defvjp(_conv_im2col_fwd, _conv_im2col_bwd)
+
+
+# The max over the 4 pool phases with a hand-written backward: autodiff of max keeps a float32 copy of the "which phase
+# was the max" mask next to its input (in the first encoder layer, as large as the layer's output); this keeps only
+# the input and rebuilds the mask in the backward pass. Ties share the gradient equally, as under autodiff.
+@jax.custom_vjp
+def phase_max(y):  # (..., 4, C) -> (..., C)
+    return y.max(-2)
+
+
+def _phase_max_fwd(y):
+    return y.max(-2), y
+
+
+def _phase_max_bwd(y, g):
+    y = _after(y, g)
+    hit = (y == y.max(-2, keepdims=True)).astype(g.dtype)  # (..., 4, C)
+    return (hit / hit.sum(-2, keepdims=True) * g[..., None, :],)
+
+
+phase_max.defvjp(_phase_max_fwd, _phase_max_bwd)
+
+
+def conv5x5_maxpool(x, kernel, bias):
+    """== maxpool2(conv5x5_same(x) + bias), (B, H, W, C) -> (B, H/2, W/2, cout)."""
+    b, h, w, c = x.shape
+    cout = kernel.shape[-1]
+    if c > 48:  # wide inputs: XLA's conv is fine; the pool as a reshape-max (its backward is cheap)
+        y = jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), "SAME", dimension_numbers=_DN)
+        return maxpool2(y) + bias.astype(x.dtype)
+    xs = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h // 2, w // 2, 4 * c)  # s2d
+    s = _phase_taps_pool()
+    k3 = jnp.einsum("upay,vqbx,yxio->uvpqiabo", s, s, kernel.astype(jnp.float32), precision="highest")
+    k3 = k3.reshape(3, 3, 4 * c, 4 * cout).astype(x.dtype)  # 3x3 taps, (phase, cin) -> (phase, cout)
+    return phase_max(conv_im2col(xs, k3).reshape(b, h // 2, w // 2, 4, cout)) + bias.astype(x.dtype)
+
+
+def upsample_conv5x5(x, kernel, bias):
+    """== conv5x5_same(upsample2(x)) + bias, (B, h, w, cin) -> (B, 2h, 2w, cout)."""
+    b, h, w, cin = x.shape
+    cout = kernel.shape[-1]
+    t = _phase_taps_up()
+    k3 = jnp.einsum("auy,bvx,yxio->uviabo", t, t, kernel.astype(jnp.float32), precision="highest")
+    k3 = k3.reshape(3, 3, cin, 4 * cout).astype(x.dtype)
+    if 4 * cout < cin:  # narrow output (last decoder layer): XLA's conv beats copying 9 x cin input channels
+        y = jax.lax.conv_general_dilated(x, k3, (1, 1), "SAME", dimension_numbers=_DN)
+    else:
+        y = conv_im2col(x, k3)  # (B, h, w, 4 cout): the 4 output phases
+    y = y.reshape(b, h, w, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, cout)
+    return y + bias.astype(x.dtype)
+
+
+# RMSNorm -> SiLU, the pair that follows every Linear and Conv, as one function with a hand-written backward. Plain
+# autodiff keeps the normalised tensor and the sigmoid of every layer for the backward pass next to its input; this
+# keeps only the input y (and the scale) and recomputes the rest, which is elementwise and cheap. In float32, with
+# r = rsqrt(mean(y^2) + eps), n = y r, u = n * scale, out = silu(u) = u sigmoid(u):
+#   du = g sigmoid(u) (1 + u (1 - sigmoid(u)))     dscale = sum over all rows of du * n
+#   dn = du * scale                                 dy = r (dn - n mean(dn * n))   (mean over the normalised axis)
+def _rmsnorm_silu_fwd_math(y, scale, eps):
+    y = y.astype(jnp.float32)
+    r = jax.lax.rsqrt(jnp.mean(y * y, -1, keepdims=True) + eps)
+    n = y * r
+    return r, n, n * scale
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def rmsnorm_silu(y, scale, eps: float):
+    """silu(rmsnorm(y) * scale) over the last axis, computed in float32, returned in y's dtype: (..., C) -> (..., C)."""
+    u = _rmsnorm_silu_fwd_math(y, scale, eps)[2]
+    return (u * jax.nn.sigmoid(u)).astype(y.dtype)
+
+
+def _rmsnorm_silu_fwd(y, scale, eps):
+    return rmsnorm_silu(y, scale, eps), (y, scale)
+
+
+def _rmsnorm_silu_bwd(eps, res, g):
+    y, scale = res
+    r, n, u = _rmsnorm_silu_fwd_math(_after(y, g), scale, eps)
+    s = jax.nn.sigmoid(u)
+    du = g.astype(jnp.float32) * s * (1.0 + u * (1.0 - s))
+    dscale = jnp.sum(du * n, tuple(range(du.ndim - 1)))
+    dn = du * scale
+    dy = r * (dn - n * jnp.mean(dn * n, -1, keepdims=True))
+    return dy.astype(y.dtype), dscale.astype(scale.dtype)
+
+
+rmsnorm_silu.defvjp(_rmsnorm_silu_fwd, _rmsnorm_silu_bwd)
 
 
 if __name__ == "__main__":
