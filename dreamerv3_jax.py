@@ -127,7 +127,8 @@ class Args:
     repval_scale: float = 0.3
     """scale of the replay critic loss (0 disables it)"""
     reward_scale: float = 1.0
-    """scale of the reward-head loss (the official loss_scales.rew; docs/dreamerv3.md: 10 tried for small models on Crafter)"""
+    """scale of the reward-head loss (the official loss_scales.rew; 10 tried for small models on Crafter:
+    docs/notes/dreamerv3-crafter-cpu.md)"""
 
     # optimizer
     learning_rate: float = 4e-5
@@ -160,7 +161,7 @@ class Args:
     stopped by SIGTERM or Ctrl-C)"""
     checkpoint_replay: bool = True
     """include the replay buffer in checkpoints, as runs/{run_name}/checkpoint.step{N}.replay.npz
-    (Crafter at 1M steps: ~12 GB)"""
+    (1M Crafter steps of 64 x 64 x 3 bytes: about 12 GB)"""
     resume: Optional[str] = None
     """path of a runs/{run_name}/checkpoint.ckpt to continue from (same flags; the step counter continues and the run
     logs into that run directory)"""
@@ -1741,7 +1742,7 @@ def main(args: Args):
 #   up + conv:     a 5x5 conv after nearest 2x upsampling equals, per output phase, a 3x3 conv on the low-resolution map
 #                  ("sub-pixel" conv: 4 phases x 9 taps instead of 4 pixels x 25 taps); the 4 phases interleave into
 #                  the high-resolution output.
-# The per-layer choices come from a per-op trace of the 12m update (benchmark/speed/).
+# The per-layer choices come from a per-op trace of the 12m update (benchmark/speed/dreamerv3_profile.py --trace).
 _DN = ("NHWC", "HWIO", "NHWC")
 
 

@@ -138,7 +138,8 @@ class Args:
     repval_scale: float = 0.3
     """scale of the replay critic loss (0 disables it)"""
     reward_scale: float = 1.0
-    """scale of the reward-head loss (the official loss_scales.rew; docs/dreamerv3.md: 10 tried for small models on Crafter)"""
+    """scale of the reward-head loss (the official loss_scales.rew; 10 tried for small models on Crafter:
+    docs/notes/dreamerv3-crafter-cpu.md)"""
 
     # optimizer
     learning_rate: float = 4e-5
@@ -196,7 +197,7 @@ class Args:
     stopped by SIGTERM or Ctrl-C)"""
     checkpoint_replay: bool = True
     """include the replay buffer in checkpoints, as runs/{run_name}/checkpoint.step{N}.replay.npz
-    (Crafter at 1M steps: ~12 GB)"""
+    (1M Crafter steps of 64 x 64 x 3 bytes: about 12 GB)"""
     resume: Optional[str] = None
     """path of a runs/{run_name}/checkpoint.ckpt to continue from (same flags; the step counter continues and the run
     logs into that run directory)"""
@@ -635,7 +636,10 @@ class RSSM(nn.Module):
         self.prior_out = Linear(self.stoch * self.classes, dtype=d)
         self.post_layer = NormAct(self.hidden, d)
         self.post_out = Linear(self.stoch * self.classes, dtype=d)
-        # THICK: GateL0RD cell (one float32 Linear, [gate | candidate]), context embedding, coarse prior
+        # THICK: GateL0RD cell (one float32 Linear, [gate | candidate]), context embedding, coarse prior. Init: fan_in like
+        # every layer here; THIX's cell uses fan_avg (brahmasp/thix:dreamerv3/nets/gatel0rd.py@a5054b4, winit normal, fan
+        # avg), so its std is sqrt(fan_in / fan_avg) = sqrt(2 (2 hidden + C) / (2 hidden + 3 C)) times ours (C = 8: 1.34 at
+        # 1m, 1.39 at 12m)
         self.gate = Linear(2 * self.context, dtype=jnp.float32, precision=jax.lax.Precision.HIGHEST)
         self.embed_c = NormAct(self.hidden, d)
         self.coarse_layer = NormAct(self.hidden, d)
@@ -1261,6 +1265,64 @@ class Agent:
             stats[f"thick/hl_delta_abs_err{sfx}"] = jnp.sum(m * jnp.abs(o["delta"] - tg["delta"])) / msum
         return sum(terms.values()), terms, stats
 
+    # ------------------------------------------------------------------------------------------------ THICK: coarse losses
+    def coarse_losses(self, params, obs, reward, con_target, post, z, c, thick):
+        """ALGO LOGIC: THICK: the coarse world model on the posterior (z, c), without h: coarse prior p_c(z_t | c_t, ...),
+        decoder, reward and continue heads; and the sparsity loss on the gate openings. Returns the loss terms as they
+        enter the total (scales: dec --coarse-dec-scale, reward --reward-scale, cont 1, dyn 1, rep --coarse-rep-scale),
+        the gate openings theta (B, T, C), the steps whose opening can be a change (B, T), and raw values for the
+        diagnostics."""
+        args, b = self.args, bins()
+        bsz, tlen = reward.shape
+        cprior = self.coarse_prior(params, c, thick["ez"], thick["ea"])  # (B, T, S, K)
+        cfeat = self.cfeat(z, c)
+        crecon = self.cdec.apply({"params": params["cdec"]}, c, z)
+        if self.image:
+            loss_crec = jnp.sum((crecon - obs.astype(jnp.float32) / 255.0) ** 2, (-3, -2, -1))
+        else:
+            loss_crec = jnp.sum((crecon - symlog(obs.astype(jnp.float32))) ** 2, -1)
+        loss_crew = twohot_loss(self.head("crew", params["crew"], cfeat), reward, b)
+        loss_ccon = optax.sigmoid_binary_cross_entropy(self.head("ccon", params["ccon"], cfeat)[..., 0], con_target)
+        ckl_dyn, ckl_rep = categorical_kl(sg(post), cprior), categorical_kl(post, sg(cprior))
+        valid = jnp.ones((bsz, tlen))  # steps whose gate opening can be a change
+        if not args.replay_context:  # a window that starts from zeros re-loads c at t = 0: not a change
+            valid = valid.at[:, 0].set(0.0)
+        theta = thick["theta"] * valid[..., None]  # (B, T, C) straight-through gate openings
+        loss_sparse = sparse_loss(theta, args.sparse_free)
+        terms = {
+            "wm_coarse_recon": args.coarse_dec_scale * loss_crec.mean(),
+            "wm_coarse_reward": args.reward_scale * loss_crew.mean(),
+            "wm_coarse_cont": loss_ccon.mean(),
+            "wm_coarse_kl_dyn": jnp.maximum(args.free_nats, ckl_dyn).mean(),
+            "wm_coarse_kl_rep": args.coarse_rep_scale * jnp.maximum(args.free_nats, ckl_rep).mean(),
+            "wm_sparse": args.sparse_scale * loss_sparse,
+        }
+        return terms, theta, valid, {"ckl_dyn": ckl_dyn, "sparse": loss_sparse}
+
+    def diagnostics(self, theta, valid, craw, thick, tg, hls, v_long, ret, target, cv_logits, fallback) -> dict:
+        """THICK: metrics only (no gradient): change rate, per-dim open rate, mean Lambda when open, high-level targets
+        and predictions, V_long and the critics' target."""
+        b, c, msum = bins(), thick["c"], tg["mask"].sum()
+        changed = jnp.any(theta > 0, -1)
+        open_ = (theta > 0).astype(jnp.float32)
+        open_rate = jnp.sum(open_, (0, 1)) / valid.sum()  # (C,) per-dim open rate over the valid steps
+        metrics = {
+            "thick/change_rate": jnp.sum(changed) / valid.sum(), "thick/gate_activity": open_rate.mean(),
+            "thick/sparse_raw": craw["sparse"],
+            "thick/lambda_when_open": jnp.sum(thick["lam"] * open_) / jnp.maximum(open_.sum(), 1.0),
+            "thick/hl_valid_frac": tg["mask"].mean(),
+            "thick/hl_delta_target": jnp.sum(tg["mask"] * tg["delta"]) / jnp.maximum(msum, 1.0),
+            "thick/hl_prior_entropy_imag": categorical_entropy(hls["prior"]).mean(),
+            "thick/hl_delta_pred": hls["delta"].mean(),
+            "thick/v_long_mean": v_long.mean(), "thick/v_long_std": v_long.std(),
+            "thick/ret_minus_v_long": (ret - v_long).mean(),
+            "thick/target_mean": target.mean(), "thick/coarse_value_mean": twohot_mean(cv_logits, b).mean(),
+            "thick/fallback": fallback.astype(jnp.float32), "thick/coarse_kl_dyn_raw": craw["ckl_dyn"].mean(),
+            "thick/context_abs": jnp.abs(c).mean(),
+        }  # fmt: skip
+        metrics |= {f"thick/open_rate/{i}": open_rate[i] for i in range(self.ctx)}
+        return metrics
+
     # ------------------------------------------------------------------------------------------------ losses
     def loss(self, params, slow_critic, slow_ccritic, retnorm, batch, key):
         """The single scalar loss (danijar/dreamerv3:dreamerv3/agent.py@e3f0224) and its parts.
@@ -1298,29 +1360,15 @@ class Agent:
         loss_dyn = jnp.maximum(args.free_nats, kl_dyn)  # free nats: no gradient while KL < 1
         loss_rep = jnp.maximum(args.free_nats, kl_rep)
 
-        # ALGO LOGIC: THICK: coarse prior, coarse heads on (posterior z, c) without h, sparsity loss
-        cprior = self.coarse_prior(params, c, thick["ez"], thick["ea"])  # (B, T, S, K)
-        cfeat = self.cfeat(z, c)
-        crecon = self.cdec.apply({"params": params["cdec"]}, c, z)
-        if self.image:
-            loss_crec = jnp.sum((crecon - obs.astype(jnp.float32) / 255.0) ** 2, (-3, -2, -1))
-        else:
-            loss_crec = jnp.sum((crecon - symlog(obs.astype(jnp.float32))) ** 2, -1)
-        loss_crew = twohot_loss(self.head("crew", params["crew"], cfeat), reward, b)
-        loss_ccon = optax.sigmoid_binary_cross_entropy(self.head("ccon", params["ccon"], cfeat)[..., 0], con_target)
-        ckl_dyn, ckl_rep = categorical_kl(sg(post), cprior), categorical_kl(post, sg(cprior))
-        valid = jnp.ones((bsz, tlen))  # steps whose gate opening can be a change
-        if not args.replay_context:  # a window that starts from zeros re-loads c at t = 0: not a change
-            valid = valid.at[:, 0].set(0.0)
-        theta = thick["theta"] * valid[..., None]  # (B, T, C) straight-through gate openings
-        loss_sparse = sparse_loss(theta, args.sparse_free)
+        # ALGO LOGIC: THICK: coarse world model on (posterior z, c) without h, and the sparsity loss on the gate openings
+        coarse_terms, theta, valid, craw = self.coarse_losses(params, obs, reward, con_target, post, z, c, thick)
 
         # ALGO LOGIC: THICK: high-level targets (reverse scan) and loss, stop-gradient inputs
         changed = jnp.any(theta > 0, -1)  # g_t = any_i Theta_{t,i}  (B, T)
         ev = changed | is_terminal.astype(bool)
         act = batch["action"][:, 1:]  # a_t, chosen after o_t
         tg = extract_targets(sg(ev), is_first, sg(post), sg(z.reshape(bsz, tlen, -1)), sg(c), act, reward, self.gamma)
-        loss_hl, hl_terms, hl_stats = self.hl_loss(params["hl"], tg, z, c, k_hl)
+        _, hl_terms, hl_stats = self.hl_loss(params["hl"], tg, z, c, k_hl)
         msum = tg["mask"].sum()
 
         # ALGO LOGIC: imagination from every posterior state; nothing here trains the world model
@@ -1376,13 +1424,7 @@ class Agent:
             "wm_recon": loss_rec.mean(), "wm_reward": args.reward_scale * loss_rew.mean(), "wm_cont": loss_con.mean(),
             "wm_kl_dyn": args.dyn_scale * loss_dyn.mean(), "wm_kl_rep": args.rep_scale * loss_rep.mean(),
             "actor": loss_actor.mean(), "critic": loss_critic.mean(), "repval": args.repval_scale * loss_repval.mean(),
-            # THICK: coarse losses (scales: dec 2, reward as --reward-scale, cont 1, dyn 1, rep 0.1), sparsity, high level,
-            # coarse critic
-            "wm_coarse_recon": args.coarse_dec_scale * loss_crec.mean(),
-            "wm_coarse_reward": args.reward_scale * loss_crew.mean(), "wm_coarse_cont": loss_ccon.mean(),
-            "wm_coarse_kl_dyn": jnp.maximum(args.free_nats, ckl_dyn).mean(),
-            "wm_coarse_kl_rep": args.coarse_rep_scale * jnp.maximum(args.free_nats, ckl_rep).mean(),
-            "wm_sparse": args.sparse_scale * loss_sparse, "coarse_critic": loss_ccritic.mean(), **hl_terms,
+            **coarse_terms, "coarse_critic": loss_ccritic.mean(), **hl_terms,  # THICK: coarse, sparsity, high level
         }  # fmt: skip
         total = sum(terms.values())
         metrics = {f"losses/{k}": v for k, v in terms.items()} | {
@@ -1392,24 +1434,8 @@ class Agent:
             "stats/imag_cont": icon.mean(), "stats/prior_entropy": categorical_entropy(prior).sum(-1).mean(),
             "stats/post_entropy": categorical_entropy(post).sum(-1).mean(), "stats/repval_ret": rret.mean(),
         }  # fmt: skip
-        # THICK: diagnostics: change rate, per-dim open rate, mean Lambda when open, HL targets, V_long
-        open_ = (theta > 0).astype(jnp.float32)
-        open_rate = jnp.sum(open_, (0, 1)) / valid.sum()  # (C,) per-dim open rate over the valid steps
-        metrics |= hl_stats | {
-            "thick/change_rate": jnp.sum(changed) / valid.sum(), "thick/gate_activity": open_rate.mean(),
-            "thick/sparse_raw": loss_sparse,
-            "thick/lambda_when_open": jnp.sum(thick["lam"] * open_) / jnp.maximum(open_.sum(), 1.0),
-            "thick/hl_valid_frac": tg["mask"].mean(),
-            "thick/hl_delta_target": jnp.sum(tg["mask"] * tg["delta"]) / jnp.maximum(msum, 1.0),
-            "thick/hl_prior_entropy_imag": categorical_entropy(hls["prior"]).mean(),
-            "thick/hl_delta_pred": hls["delta"].mean(),
-            "thick/v_long_mean": v_long.mean(), "thick/v_long_std": v_long.std(),
-            "thick/ret_minus_v_long": (ret - v_long).mean(),
-            "thick/target_mean": target.mean(), "thick/coarse_value_mean": twohot_mean(cv_logits, b).mean(),
-            "thick/fallback": fallback.astype(jnp.float32), "thick/coarse_kl_dyn_raw": ckl_dyn.mean(),
-            "thick/context_abs": jnp.abs(c).mean(),
-        }  # fmt: skip
-        metrics |= {f"thick/open_rate/{i}": open_rate[i] for i in range(self.ctx)}
+        # THICK: high-level model and C-RSSM diagnostics
+        metrics |= hl_stats | self.diagnostics(theta, valid, craw, thick, tg, hls, v_long, ret, target, cv_logits, fallback)
         latents = (h.astype(jnp.float16), jnp.argmax(z, -1).astype(jnp.uint8), c)  # refreshed replay context
         return total, (terms, metrics, retnorm, latents)
 
@@ -2152,7 +2178,7 @@ def main(args: Args):
 #   up + conv:     a 5x5 conv after nearest 2x upsampling equals, per output phase, a 3x3 conv on the low-resolution map
 #                  ("sub-pixel" conv: 4 phases x 9 taps instead of 4 pixels x 25 taps); the 4 phases interleave into
 #                  the high-resolution output.
-# The per-layer choices come from a per-op trace of the 12m update (benchmark/speed/).
+# The per-layer choices come from a per-op trace of the 12m update (benchmark/speed/dreamerv3_profile.py --trace).
 _DN = ("NHWC", "HWIO", "NHWC")
 
 
