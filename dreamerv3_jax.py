@@ -311,8 +311,10 @@ def twohot_encode(x, b):
     dist_below = jnp.where(equal, 1.0, jnp.abs(b[below] - x))
     dist_above = jnp.where(equal, 1.0, jnp.abs(b[above] - x))
     total = dist_below + dist_above
-    return (jax.nn.one_hot(below, len(b)) * (dist_above / total)[..., None]  # weight of a bin = distance to the other
-            + jax.nn.one_hot(above, len(b)) * (dist_below / total)[..., None])  # fmt: skip
+    return (
+        jax.nn.one_hot(below, len(b)) * (dist_above / total)[..., None]  # weight of a bin = distance to the other
+        + jax.nn.one_hot(above, len(b)) * (dist_below / total)[..., None]
+    )
 
 
 def twohot_mean(logits, b):
@@ -892,8 +894,13 @@ class Agent:
         params["dec"] = self.dec.init(k[2], h, z)["params"]
         for name, i in (("rew", 3), ("con", 4), ("actor", 5), ("critic", 6)):
             params[name] = getattr(self, name).init(k[i], feat)["params"]
-        return TrainState(params=params, opt_state=self.opt.init(params), slow_critic=jax.tree.map(jnp.copy, params["critic"]),
-                          retnorm=jnp.zeros(2), updates=jnp.zeros((), jnp.int32))  # fmt: skip
+        return TrainState(
+            params=params,
+            opt_state=self.opt.init(params),
+            slow_critic=jax.tree.map(jnp.copy, params["critic"]),
+            retnorm=jnp.zeros(2),
+            updates=jnp.zeros((), jnp.int32),
+        )
 
     # ------------------------------------------------------------------------------------------------ small wrappers
     def core(self, p, h, z, a):
@@ -1023,8 +1030,9 @@ class Agent:
         loss_actor = weight[:, :-1] * -(logp(sg(iact)) * sg(adv) + args.actor_entropy * entropy)
 
         # ALGO LOGIC: critic on imagination, two-hot CE toward sg(R) plus the slow-critic regulariser
-        loss_critic = weight[:, :-1] * (twohot_loss(v_logits[:, :-1], sg(ret), b)
-                                        + args.slowreg * twohot_loss(v_logits[:, :-1], sg(slow_v[:, :-1]), b))  # fmt: skip
+        loss_critic = weight[:, :-1] * (
+            twohot_loss(v_logits[:, :-1], sg(ret), b) + args.slowreg * twohot_loss(v_logits[:, :-1], sg(slow_v[:, :-1]), b)
+        )
 
         # ALGO LOGIC: replay critic loss: lambda-returns on the data, bootstrapped with the imagined R_0;
         # the replay features are NOT stop-gradient, so this loss also trains encoder and RSSM
@@ -1442,8 +1450,16 @@ def run_episodes(agent: Agent, params, envs, episodes: int, seed: int):
     return done[:episodes]
 
 
-def evaluate(model_path: str, make_env, env_id: Optional[str], eval_episodes: int, run_name: str, Model=None,
-             capture_video: bool = False, seed: int = 1):  # fmt: skip
+def evaluate(
+    model_path: str,
+    make_env,
+    env_id: Optional[str],
+    eval_episodes: int,
+    run_name: str,
+    Model=None,
+    capture_video: bool = False,
+    seed: int = 1,
+):
     """CleanRL's evaluation signature: load a saved model (or checkpoint), run episodes, return the episodic returns.
     env_id None: the env the model was trained on. Prints one line: the mean and std of the return (Crafter: + score)."""
     saved = load_file(model_path)
@@ -1584,8 +1600,15 @@ def save_and_evaluate(args: Args, params, run_name: str, writer):
     save_file(model_path, args, {"params": flax.serialization.to_state_dict(params)})
     print(f"model saved to {model_path}")
     if args.eval_episodes > 0:
-        returns = evaluate(model_path, common.make_env, args.env_id, args.eval_episodes, f"{run_name}-eval",
-                           capture_video=args.capture_video, seed=args.seed)  # fmt: skip
+        returns = evaluate(
+            model_path,
+            common.make_env,
+            args.env_id,
+            args.eval_episodes,
+            f"{run_name}-eval",
+            capture_video=args.capture_video,
+            seed=args.seed,
+        )
         for idx, episodic_return in enumerate(returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)
 
@@ -1612,15 +1635,23 @@ def main(args: Args):
     agent = Agent(args, *env_spaces(args.env_id))
     capacity = min(args.buffer_size, args.total_timesteps + args.num_envs) // args.num_envs
     env_seed = args.seed + process * args.num_envs  # = args.seed on one host
-    replay = Replay(capacity, args.num_envs, args.batch_length + 1, agent.obs_space, agent.act_dim, agent.deter,
-                    agent.stoch, env_seed)  # fmt: skip
+    replay = Replay(
+        capacity, args.num_envs, args.batch_length + 1, agent.obs_space, agent.act_dim, agent.deter, agent.stoch, env_seed
+    )
     ckpt = Checkpoints(args, run_name, saved)
     ckpt.open_run_dir()  # checks that it (and videos/{run_name} with --capture-video) can be written, then creates it
     if args.track:
         import wandb
 
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
-                   name=run_name, monitor_gym=True, save_code=True)  # fmt: skip
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=vars(args),
+            name=run_name,
+            monitor_gym=True,
+            save_code=True,
+        )
     from torch.utils.tensorboard import SummaryWriter  # torch's writer, as in CleanRL's JAX scripts
 
     writer = SummaryWriter(f"runs/{run_name}")
@@ -1694,8 +1725,10 @@ def main(args: Args):
                 act_params = None  # the update donated the old parameters' buffers
                 if not bool(metrics["finite"]):
                     bad = [k[7:] for k, v in metrics.items() if k.startswith("finite/") and not bool(v)] or ["gradients"]
-                    raise FloatingPointError(f"non-finite loss ({', '.join(bad)}) at update {int(state.updates)}; the update "
-                                             f"was skipped and a checkpoint written to {save_checkpoint()}")  # fmt: skip
+                    raise FloatingPointError(
+                        f"non-finite loss ({', '.join(bad)}) at update {int(state.updates)}; the update "
+                        f"was skipped and a checkpoint written to {save_checkpoint()}"
+                    )
                 # replay context: the refreshed latents go back to replay before the next sample reads them (and before
                 # the next replay.add can overwrite their slots); the finite check above has already waited for them
                 replay.write_latents(env_idx, time_idx[:, 1:], *map(dp.local_rows, latents))
@@ -1796,8 +1829,9 @@ def _conv_im2col_bwd(res, g):
     xp = _after(jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0))), g)  # tap windows copied here
     taps = [(i, j) for i in range(kh) for j in range(kw)]
     dk = jnp.stack([xp[:, i : i + h, j : j + w].reshape(-1, cin).T @ g2 for i, j in taps]).reshape(k.shape)
-    dxp = sum(jnp.pad((g2 @ k[i, j].T).reshape(b, h, w, cin), ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0)))
-              for i, j in taps)  # fmt: skip  # (B, H + kh - 1, W + kw - 1, cin)
+    dxp = sum(
+        jnp.pad((g2 @ k[i, j].T).reshape(b, h, w, cin), ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0))) for i, j in taps
+    )  # (B, H + kh - 1, W + kw - 1, cin)
     return dxp[:, kh // 2 : kh // 2 + h, kw // 2 : kw // 2 + w].astype(x.dtype), dk.astype(k.dtype)
 
 

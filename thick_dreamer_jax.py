@@ -355,8 +355,10 @@ def twohot_encode(x, b):
     dist_below = jnp.where(equal, 1.0, jnp.abs(b[below] - x))
     dist_above = jnp.where(equal, 1.0, jnp.abs(b[above] - x))
     total = dist_below + dist_above
-    return (jax.nn.one_hot(below, len(b)) * (dist_above / total)[..., None]  # weight of a bin = distance to the other
-            + jax.nn.one_hot(above, len(b)) * (dist_below / total)[..., None])  # fmt: skip
+    return (
+        jax.nn.one_hot(below, len(b)) * (dist_above / total)[..., None]  # weight of a bin = distance to the other
+        + jax.nn.one_hot(above, len(b)) * (dist_below / total)[..., None]
+    )
 
 
 def twohot_mean(logits, b):
@@ -756,8 +758,12 @@ def extract_targets(ev, first, logits, stoch, ctx, act, rew, gamma: float):
         "a": tm(act[:, :-1].astype(jnp.float32)),
         "z_prev": tm(stoch[:, :-1].astype(jnp.float32)),
     }  # step j = t+1 / t
-    zero = {"valid": jnp.zeros((bsz,), bool), "delta": jnp.zeros((bsz,)), "R": jnp.zeros((bsz,)),
-            **{k: jnp.zeros_like(xs[k][0]) for k in ("z", "a", "c_next", "z_prev")}}  # fmt: skip
+    zero = {
+        "valid": jnp.zeros((bsz,), bool),
+        "delta": jnp.zeros((bsz,)),
+        "R": jnp.zeros((bsz,)),
+        **{k: jnp.zeros_like(xs[k][0]) for k in ("z", "a", "c_next", "z_prev")},
+    }
 
     def step(carry, x):
         new = {"valid": jnp.ones((bsz,), bool), "delta": jnp.zeros((bsz,))}  # an event at j: tau = j
@@ -906,8 +912,18 @@ class Replay:
     every fresh non-overlapping window queued once and served first ("online" queue). h is stored as float16 and z as
     class indices (uint8) to save memory. THICK: the context c_t is stored next to them in float32."""
 
-    def __init__(self, capacity: int, num_envs: int, length: int, obs_space, act_dim: int, deter: int, stoch: int, seed: int,
-                 context: int = 8):  # fmt: skip
+    def __init__(
+        self,
+        capacity: int,
+        num_envs: int,
+        length: int,
+        obs_space,
+        act_dim: int,
+        deter: int,
+        stoch: int,
+        seed: int,
+        context: int = 8,
+    ):
         e, c = num_envs, capacity
         self.capacity, self.length, self.num_envs = c, length, e
         spec = {  # name: (shape of one step, dtype)
@@ -1060,8 +1076,16 @@ class Agent:
         units, depth = size["units"], size["depth"]
         # ALGO LOGIC: initialize agent here
         self.enc = Encoder(depth, units, self.image, dt)
-        self.rssm = RSSM(self.deter, size["hidden"], self.stoch, self.classes, unimix=args.latent_unimix, dtype=dt,
-                         context=self.ctx, gate_noise=args.gate_noise)  # fmt: skip
+        self.rssm = RSSM(
+            self.deter,
+            size["hidden"],
+            self.stoch,
+            self.classes,
+            unimix=args.latent_unimix,
+            dtype=dt,
+            context=self.ctx,
+            gate_noise=args.gate_noise,
+        )
         self.dec = Decoder(depth, units, tuple(obs_space.shape), self.image, dtype=dt)
         self.rew = MLPHead(1, units, 255, outscale=0.0, dtype=dt)  # zero-initialised: predicts 0 at the start
         self.con = MLPHead(1, units, 1, outscale=1.0, dtype=dt)
@@ -1106,9 +1130,14 @@ class Agent:
             params[name] = getattr(self, name).init(k[i], cfeat)["params"]
         hl_in = (cfeat, c, jnp.zeros((1, self.stoch * self.classes)), k[12])
         params["hl"] = self.hl.init(k[11], *hl_in)["params"]
-        return TrainState(params=params, opt_state=self.opt.init(params), slow_critic=jax.tree.map(jnp.copy, params["critic"]),
-                          slow_ccritic=jax.tree.map(jnp.copy, params["ccritic"]), retnorm=jnp.zeros(2),
-                          updates=jnp.zeros((), jnp.int32))  # fmt: skip
+        return TrainState(
+            params=params,
+            opt_state=self.opt.init(params),
+            slow_critic=jax.tree.map(jnp.copy, params["critic"]),
+            slow_ccritic=jax.tree.map(jnp.copy, params["ccritic"]),
+            retnorm=jnp.zeros(2),
+            updates=jnp.zeros((), jnp.int32),
+        )
 
     # ------------------------------------------------------------------------------------------------ small wrappers
     def context(self, p, z, a, c, key, noise=1.0):  # THICK: GateL0RD step, (c_t, Theta_t, Lambda_t, emb z, emb a)
@@ -1142,8 +1171,12 @@ class Agent:
 
     # ------------------------------------------------------------------------------------------------ acting
     def initial_carry(self, n: int):
-        return (jnp.zeros((n, self.deter)), jnp.zeros((n, self.stoch, self.classes)), jnp.zeros((n, self.ctx)),
-                jnp.zeros((n, self.act_dim)))  # fmt: skip
+        return (
+            jnp.zeros((n, self.deter)),
+            jnp.zeros((n, self.stoch, self.classes)),
+            jnp.zeros((n, self.ctx)),
+            jnp.zeros((n, self.act_dim)),
+        )
 
     def _policy_step(self, params, carry, obs, is_first, key, noise=1.0):
         """One env step for n envs: encode -> RSSM observe step (sampled posterior) -> sampled action.
@@ -1243,11 +1276,13 @@ class Agent:
         m = sg(tg["mask"])
         lp1, lq1 = lp[..., None, :], lq[..., None, :]  # one categorical each
         kl_a = 0.8 * categorical_kl(sg(lq1), lp1) + 0.2 * categorical_kl(lq1, sg(lp1))
-        raw = {"hl_z": categorical_kl(sg(tg["z"]), out["z"]),  # KL[target || prediction], summed over latents
-               "hl_a": -actor_dist(out["a"], self.discrete, 0.0)[1](sg(tg["a"])),  # NLL of a_{tau-1}
-               "hl_delta": (out["delta"] - sg(tg["delta"])) ** 2,  # MSE (THIX)
-               "hl_R": twohot_loss(out["R"], sg(tg["R"]), bins()),  # symexp two-hot (THIX)
-               "hl_A_kl": kl_a}  # balanced KL, alpha = 0.8 (our choice): the posterior gets 0.2 of the gradient  # fmt: skip
+        raw = {
+            "hl_z": categorical_kl(sg(tg["z"]), out["z"]),  # KL[target || prediction], summed over latents
+            "hl_a": -actor_dist(out["a"], self.discrete, 0.0)[1](sg(tg["a"])),  # NLL of a_{tau-1}
+            "hl_delta": (out["delta"] - sg(tg["delta"])) ** 2,  # MSE (THIX)
+            "hl_R": twohot_loss(out["R"], sg(tg["R"]), bins()),  # symexp two-hot (THIX)
+            "hl_A_kl": kl_a,  # balanced KL, alpha = 0.8 (our choice): the posterior gets 0.2 of the gradient
+        }
         terms = {k: self.args.hl_scale * jnp.mean(m * v) for k, v in raw.items()}  # zero (and finite) for an empty mask
         msum = jnp.maximum(m.sum(), 1.0)
         # quality diagnostics, for the heads given A from the prior (as the high-level step behind V_long samples it) and,
@@ -1373,8 +1408,9 @@ class Agent:
 
         # ALGO LOGIC: imagination from every posterior state; nothing here trains the world model
         p_sg, n = sg(params), bsz * tlen
-        ih, iz, ic, iact, izc = self.imagine(p_sg, sg(h).reshape(n, -1), sg(z).reshape(n, self.stoch, self.classes),
-                                             sg(c).reshape(n, -1), k_img)  # fmt: skip
+        ih, iz, ic, iact, izc = self.imagine(
+            p_sg, sg(h).reshape(n, -1), sg(z).reshape(n, self.stoch, self.classes), sg(c).reshape(n, -1), k_img
+        )
         ifeat = self.feat(ih, iz, ic)  # (N, H+1, F)
         irew = twohot_mean(self.head("rew", p_sg["rew"], ifeat), b)  # (N, H+1) expected reward of entering s_k
         icon = jax.nn.sigmoid(self.head("con", p_sg["con"], ifeat)[..., 0])  # (N, H+1) continue prob. (incl. gamma)
@@ -1401,13 +1437,15 @@ class Agent:
 
         # ALGO LOGIC: critic on imagination, two-hot CE toward sg(target) plus the slow-critic regulariser
         # THICK: target = the mixed target; the coarse critic v_c(z_c, c) regresses the same target on the imagined states
-        loss_critic = weight[:, :-1] * (twohot_loss(v_logits[:, :-1], sg(target), b)
-                                        + args.slowreg * twohot_loss(v_logits[:, :-1], sg(slow_v[:, :-1]), b))  # fmt: skip
+        loss_critic = weight[:, :-1] * (
+            twohot_loss(v_logits[:, :-1], sg(target), b) + args.slowreg * twohot_loss(v_logits[:, :-1], sg(slow_v[:, :-1]), b)
+        )
         icfeat = self.cfeat(izc[:, :-1], ic[:, :-1])  # (N, H, S*K + C)
         cv_logits = self.head("ccritic", params["ccritic"], icfeat)
         slow_cv = twohot_mean(self.head("ccritic", slow_ccritic, icfeat), b)
-        loss_ccritic = weight[:, :-1] * (twohot_loss(cv_logits, sg(target), b)
-                                         + args.slowreg * twohot_loss(cv_logits, sg(slow_cv), b))  # fmt: skip
+        loss_ccritic = weight[:, :-1] * (
+            twohot_loss(cv_logits, sg(target), b) + args.slowreg * twohot_loss(cv_logits, sg(slow_cv), b)
+        )
 
         # ALGO LOGIC: replay critic loss: lambda-returns on the data, bootstrapped with the imagined R_0;
         # the replay features are NOT stop-gradient, so this loss also trains encoder and RSSM
@@ -1454,8 +1492,14 @@ class Agent:
         slow_c = jax.tree.map(lambda s, q: (1 - mix) * s + mix * q, state.slow_ccritic, params["ccritic"])  # THICK
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
-        new = TrainState(params=params, opt_state=opt_state, slow_critic=slow, slow_ccritic=slow_c, retnorm=retnorm,
-                         updates=state.updates + 1)  # fmt: skip
+        new = TrainState(
+            params=params,
+            opt_state=opt_state,
+            slow_critic=slow,
+            slow_ccritic=slow_c,
+            retnorm=retnorm,
+            updates=state.updates + 1,
+        )
         new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
         metrics |= {f"finite/{k}": jnp.isfinite(v) for k, v in terms.items()}
         metrics |= {
@@ -1842,8 +1886,17 @@ def run_episodes(agent: Agent, params, envs, episodes: int, seed: int, noise: fl
     return done[:episodes]
 
 
-def evaluate(model_path: str, make_env, env_id: Optional[str], eval_episodes: int, run_name: str, Model=None,
-             capture_video: bool = False, seed: int = 1, gate_noise: Optional[bool] = None):  # fmt: skip
+def evaluate(
+    model_path: str,
+    make_env,
+    env_id: Optional[str],
+    eval_episodes: int,
+    run_name: str,
+    Model=None,
+    capture_video: bool = False,
+    seed: int = 1,
+    gate_noise: Optional[bool] = None,
+):
     """CleanRL's evaluation signature: load a saved model (or checkpoint), run episodes, return the episodic returns.
     env_id None: the env the model was trained on. Prints one line: the mean and std of the return (Crafter: + score).
     THICK: gate_noise (default: the saved --eval-gate-noise) keeps the context gate noise on during evaluation."""
@@ -1997,8 +2050,15 @@ def save_and_evaluate(args: Args, params, run_name: str, writer):
     save_file(model_path, args, {"params": flax.serialization.to_state_dict(params)})
     print(f"model saved to {model_path}")
     if args.eval_episodes > 0:
-        returns = evaluate(model_path, common.make_env, args.env_id, args.eval_episodes, f"{run_name}-eval",
-                           capture_video=args.capture_video, seed=args.seed)  # fmt: skip
+        returns = evaluate(
+            model_path,
+            common.make_env,
+            args.env_id,
+            args.eval_episodes,
+            f"{run_name}-eval",
+            capture_video=args.capture_video,
+            seed=args.seed,
+        )
         for idx, episodic_return in enumerate(returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)
 
@@ -2015,8 +2075,15 @@ def main(args: Args):
     init_multihost()  # several hosts only: before anything touches the devices
     args = check_args(args)
     if args.evaluate:
-        evaluate(args.evaluate, common.make_env, args.env_id, args.eval_episodes, "eval", seed=args.seed,
-                 gate_noise=args.eval_gate_noise)  # fmt: skip  # THICK: gate noise
+        evaluate(
+            args.evaluate,
+            common.make_env,
+            args.env_id,
+            args.eval_episodes,
+            "eval",
+            seed=args.seed,
+            gate_noise=args.eval_gate_noise,  # THICK: gate noise
+        )
         return
     # every check before anything is created: the checkpoint to resume, the spaces, the replay's RAM, writable folders
     saved = Checkpoints.read(args) if args.resume else None
@@ -2026,15 +2093,31 @@ def main(args: Args):
     agent = Agent(args, *env_spaces(args.env_id))
     capacity = min(args.buffer_size, args.total_timesteps + args.num_envs) // args.num_envs
     env_seed = args.seed + process * args.num_envs  # = args.seed on one host
-    replay = Replay(capacity, args.num_envs, args.batch_length + 1, agent.obs_space, agent.act_dim, agent.deter,
-                    agent.stoch, env_seed, agent.ctx)  # fmt: skip  # THICK: + context
+    replay = Replay(  # THICK: + context
+        capacity,
+        args.num_envs,
+        args.batch_length + 1,
+        agent.obs_space,
+        agent.act_dim,
+        agent.deter,
+        agent.stoch,
+        env_seed,
+        agent.ctx,
+    )
     ckpt = Checkpoints(args, run_name, saved)
     ckpt.open_run_dir()  # checks that it (and videos/{run_name} with --capture-video) can be written, then creates it
     if args.track:
         import wandb
 
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
-                   name=run_name, monitor_gym=True, save_code=True)  # fmt: skip
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=vars(args),
+            name=run_name,
+            monitor_gym=True,
+            save_code=True,
+        )
     from torch.utils.tensorboard import SummaryWriter  # torch's writer, as in CleanRL's JAX scripts
 
     writer = SummaryWriter(f"runs/{run_name}")
@@ -2123,8 +2206,10 @@ def main(args: Args):
                 fallbacks += int(metrics["thick/fallback"])  # THICK: batches without change events (psi = 1 used)
                 if not bool(metrics["finite"]):
                     bad = [k[7:] for k, v in metrics.items() if k.startswith("finite/") and not bool(v)] or ["gradients"]
-                    raise FloatingPointError(f"non-finite loss ({', '.join(bad)}) at update {int(state.updates)}; the update "
-                                             f"was skipped and a checkpoint written to {save_checkpoint()}")  # fmt: skip
+                    raise FloatingPointError(
+                        f"non-finite loss ({', '.join(bad)}) at update {int(state.updates)}; the update "
+                        f"was skipped and a checkpoint written to {save_checkpoint()}"
+                    )
                 # replay context: the refreshed latents go back to replay before the next sample reads them (and before
                 # the next replay.add can overwrite their slots); the finite check above has already waited for them
                 replay.write_latents(env_idx, time_idx[:, 1:], *map(dp.local_rows, latents))
@@ -2232,8 +2317,9 @@ def _conv_im2col_bwd(res, g):
     xp = _after(jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0))), g)  # tap windows copied here
     taps = [(i, j) for i in range(kh) for j in range(kw)]
     dk = jnp.stack([xp[:, i : i + h, j : j + w].reshape(-1, cin).T @ g2 for i, j in taps]).reshape(k.shape)
-    dxp = sum(jnp.pad((g2 @ k[i, j].T).reshape(b, h, w, cin), ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0)))
-              for i, j in taps)  # fmt: skip  # (B, H + kh - 1, W + kw - 1, cin)
+    dxp = sum(
+        jnp.pad((g2 @ k[i, j].T).reshape(b, h, w, cin), ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0))) for i, j in taps
+    )  # (B, H + kh - 1, W + kw - 1, cin)
     return dxp[:, kh // 2 : kh // 2 + h, kw // 2 : kw // 2 + w].astype(x.dtype), dk.astype(k.dtype)
 
 

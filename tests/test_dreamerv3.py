@@ -1,4 +1,4 @@
-"""Tests of dreamerv3_jax.py: the numbers of spec section 9, layer shapes, gradient routing, and smoke runs."""
+"""Tests of dreamerv3_jax.py: values of the numeric helpers, layer shapes, gradient routing, and smoke runs."""
 
 import math
 import os
@@ -20,7 +20,7 @@ import dreamerv3_jax as D
 ROOT = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Numeric helpers (spec section 9)
+# Numeric helpers (hand-computed values)
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -183,7 +183,7 @@ def test_learning_rate_warmup():
 
 
 def test_train_ratio_scheduler():
-    """spec 4: the first call trains once; then the updates per policy step average to train_ratio / (B * T), with the
+    """The first call trains once; then the updates per policy step average to train_ratio / (B * T), with the
     fractional part carried over (here ratio 512 / (16 * 64) = 0.5 and 32 / (16 * 32) = 1 / 16, one env)."""
     assert D.updates_due(1088, None, 0.5) == (1, 1088.0)
     for ratio in (0.5, 1 / 16, 3.0, 0.3):

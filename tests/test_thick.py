@@ -1,5 +1,5 @@
-"""Tests of thick_dreamer_jax.py: the properties of shared/specs/thick.md section 9 (values, not only shapes), plus
-subprocess smoke runs (CartPole-v1 and Crafter, debug preset) with save -> evaluate and checkpoint -> resume."""
+"""Tests of thick_dreamer_jax.py: the properties of THICK's C-RSSM, high-level model and value (values, not only
+shapes), plus subprocess smoke runs (CartPole-v1 and Crafter, debug preset) with save -> evaluate and checkpoint -> resume."""
 
 import difflib
 import inspect
@@ -370,7 +370,7 @@ def test_hl_step_gate_reproduces_the_c_rssm_context_bitwise(agent, state):
 
 
 def test_fine_decoder_sees_the_context_coarse_decoder_not_h(agent, state):
-    """Fine heads take [h, z, c] (thick spec 1.2), the fine decoder included; the coarse decoder takes [c, z] only."""
+    """Fine heads take [h, z, c], the fine decoder included; the coarse decoder takes [c, z] only."""
     p, n = state.params, 3
     h = jax.random.normal(jax.random.PRNGKey(1), (n, agent.deter))
     z = jax.nn.one_hot(jnp.zeros((n, agent.stoch), jnp.int32), agent.classes)
