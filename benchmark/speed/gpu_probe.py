@@ -174,8 +174,18 @@ def _jax_update(mod, script, size, batch, length, updates, policy_steps, num_dev
     jax.block_until_ready(state)
     init_s = time.perf_counter() - t
     data = crafter_batch(agent, batch, length)
+    # the script's own train step: Agent._train_step jitted by DataParallel for a 1-D mesh of num_devices (the batch split,
+    # the state replicated), called as the script's main() calls it; then the same compiled program (same shardings) is in
+    # the persistent compilation cache that the env run of the same shapes reads. (A script without DataParallel: the
+    # agent's own jitted train step on one device.)
+    dp = mod.DataParallel(agent, num_devices) if hasattr(mod, "DataParallel") else None
+    if dp is not None:
+        state, data, key = dp.replicate(state), dp.split_batch(data), dp.replicate  # key(k): a replicated PRNG key
+        train_step, params = dp.train_step, lambda state: dp.first(state.params)  # acting on the first device's copy
+    else:
+        train_step, params, key = agent.train_step, lambda state: state.params, lambda k: k
     t = time.perf_counter()
-    compiled = agent.train_step.lower(state, data, jax.random.PRNGKey(0)).compile()
+    compiled = train_step.lower(state, data, key(jax.random.PRNGKey(0))).compile()
     compile_s = time.perf_counter() - t
     try:  # XLA's FLOP count of one update (a list of one dict in older JAX versions)
         cost = compiled.cost_analysis()
@@ -186,15 +196,15 @@ def _jax_update(mod, script, size, batch, length, updates, policy_steps, num_dev
     times = []
     for i in range(updates + 1):  # the first call is a warm-up (allocations, autotuned kernels)
         t = time.perf_counter()
-        state, metrics, _ = compiled(state, data, jax.random.PRNGKey(i))
+        state, metrics, _ = compiled(state, data, key(jax.random.PRNGKey(i)))
         jax.block_until_ready((state, metrics))
         times.append(time.perf_counter() - t)
     update_s = median(times[1:])
-    carry, obs, first = agent.initial_carry(1), data["obs"][:1, 0], np.zeros(1, bool)
-    ptimes = []
+    carry, obs, first = agent.initial_carry(1), np.asarray(data["obs"][:1, 0]), np.zeros(1, bool)
+    ptimes, acting = [], params(state)
     for i in range(policy_steps + 1):  # the first call compiles the policy step
         t = time.perf_counter()
-        action, carry = agent.policy_step(state.params, carry, obs, first, jax.random.PRNGKey(i))[:2]  # THICK returns more
+        action, carry = agent.policy_step(acting, carry, obs, first, jax.random.PRNGKey(i))[:2]  # THICK returns more
         np.asarray(action)  # on the host, as the env needs it
         ptimes.append(time.perf_counter() - t)
     device = jax.devices()[0]
