@@ -2,6 +2,7 @@
 """DreamerV3 (Hafner et al., "Mastering diverse control tasks through world models", Nature 2025) in one JAX file.
 
     python dreamerv3_jax.py --env-id crafter                       # Crafter, train ratio 512, model 12m
+    python dreamerv3_jax.py --env-id crafter --num-devices 4 --batch-size 64  # data parallel on 4 GPUs, global batch 64
     python dreamerv3_jax.py --env-id atari100k_pong                # Atari100k protocol, train ratio 256
     python dreamerv3_jax.py --env-id CartPole-v1 --model-size 1m   # vector observations
     python dreamerv3_jax.py --env-id Pendulum-v1 --model-size 1m   # continuous actions
@@ -1594,6 +1595,24 @@ def log_episodes(writer, infos: dict, global_step: int, episodes_ach: list):
                 writer.add_scalar(f"achievements/{name}", rate, global_step)
 
 
+def raise_if_not_finite(metrics: dict, updates: int, save_checkpoint):
+    """After a train step: a non-finite loss or gradient (the step skipped the update) writes a checkpoint and stops."""
+    if not bool(metrics["finite"]):
+        bad = [k[7:] for k, v in metrics.items() if k.startswith("finite/") and not bool(v)] or ["gradients"]
+        raise FloatingPointError(
+            f"non-finite loss ({', '.join(bad)}) at update {updates}; the update "
+            f"was skipped and a checkpoint written to {save_checkpoint()}"
+        )
+
+
+def log_openl_video(writer, agent: Agent, params, data: dict, key, global_step: int):
+    """The open-loop video of the batch just trained on (every --video-every updates, image observations); returns key."""
+    key, k = jax.random.split(key)
+    video = np.asarray(agent.openl_video(params, data, k))  # (4, T, H, 3W, C)
+    writer.add_video("openl/prediction", video.transpose(0, 1, 4, 2, 3), global_step, fps=10)
+    return key
+
+
 def save_and_evaluate(args: Args, params, run_name: str, writer):
     """--save-model: the final model to runs/{run_name}/{exp_name}.cleanrl_model, then --eval-episodes episodes with it."""
     model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
@@ -1621,25 +1640,16 @@ def env_spaces(env_id: str):
     return spaces
 
 
-def main(args: Args):
-    init_multihost()  # several hosts only: before anything touches the devices
-    args = check_args(args)
-    if args.evaluate:
-        evaluate(args.evaluate, common.make_env, args.env_id, args.eval_episodes, "eval", seed=args.seed)
-        return
-    # every check before anything is created: the checkpoint to resume, the spaces, the replay's RAM, writable folders
-    saved = Checkpoints.read(args) if args.resume else None
-    run_name = saved["run_name"] if saved else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    process, processes = jax.process_index(), jax.process_count()  # several hosts: one process each (init_multihost)
-    run_name += f"__p{process}" if processes > 1 else ""
-    agent = Agent(args, *env_spaces(args.env_id))
+def make_replay(args: Args, agent: Agent, seed: int) -> Replay:
+    """This process's replay: --buffer-size steps (or the whole run, if shorter) over --num-envs streams; checks the RAM."""
     capacity = min(args.buffer_size, args.total_timesteps + args.num_envs) // args.num_envs
-    env_seed = args.seed + process * args.num_envs  # = args.seed on one host
-    replay = Replay(
-        capacity, args.num_envs, args.batch_length + 1, agent.obs_space, agent.act_dim, agent.deter, agent.stoch, env_seed
-    )
-    ckpt = Checkpoints(args, run_name, saved)
-    ckpt.open_run_dir()  # checks that it (and videos/{run_name} with --capture-video) can be written, then creates it
+    shapes = agent.obs_space, agent.act_dim, agent.deter, agent.stoch  # what each step stores
+    return Replay(capacity, args.num_envs, args.batch_length + 1, *shapes, seed)
+
+
+def make_writer(args: Args, run_name: str):
+    """TensorBoard writer of runs/{run_name} (torch's, as in CleanRL's JAX scripts) with the flags as a table; --track:
+    Weights & Biases syncs it."""
     if args.track:
         import wandb
 
@@ -1652,19 +1662,46 @@ def main(args: Args):
             monitor_gym=True,
             save_code=True,
         )
-    from torch.utils.tensorboard import SummaryWriter  # torch's writer, as in CleanRL's JAX scripts
+    from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(f"runs/{run_name}")
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    return writer
+
+
+def print_devices(args: Args):
+    """The device that acts (and trains, unless --num-devices > 1 spreads each update over several)."""
+    device = jax.devices()[0]
+    print(f"device: {device.platform} ({device.device_kind})")
+    if device.platform == "cpu":
+        print("WARNING: JAX runs on the CPU. This is for debugging and tests; training from images needs a GPU.")
+    if args.num_devices > 1:
+        print(f"data parallel: each update of {args.batch_size} sequences runs on {args.num_devices} devices")
+
+
+def main(args: Args):
+    init_multihost()  # several hosts only: before anything touches the devices
+    args = check_args(args)
+    if args.evaluate:
+        evaluate(args.evaluate, common.make_env, args.env_id, args.eval_episodes, "eval", seed=args.seed)
+        return
+    # every check before anything is created: the checkpoint to resume, the spaces, the replay's RAM, writable folders
+    saved = Checkpoints.read(args) if args.resume else None
+    run_name = saved["run_name"] if saved else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    process, processes = jax.process_index(), jax.process_count()  # several hosts: one process each (init_multihost)
+    run_name += f"__p{process}" if processes > 1 else ""
+    agent = Agent(args, *env_spaces(args.env_id))
+    env_seed = args.seed + process * args.num_envs  # = args.seed on one host
+    replay = make_replay(args, agent, env_seed)
+    ckpt = Checkpoints(args, run_name, saved)
+    ckpt.open_run_dir()  # checks that it (and videos/{run_name} with --capture-video) can be written, then creates it
+    writer = make_writer(args, run_name)
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
     np.random.seed(args.seed)
     key = jax.random.PRNGKey(args.seed)
-    device = jax.devices()[0]
-    print(f"device: {device.platform} ({device.device_kind})")
-    if device.platform == "cpu":
-        print("WARNING: JAX runs on the CPU. This is for debugging and tests; training from images needs a GPU.")
+    print_devices(args)
 
     # env setup
     envs = common.make_vector_env(args.env_id, args.num_envs, env_seed, args.capture_video, run_name)
@@ -1678,8 +1715,6 @@ def main(args: Args):
         sched_prev, episodes_ach = counters["sched_prev"], counters["episodes_ach"]
     dp = DataParallel(agent, args.num_devices)  # the training state on the devices that share each update
     state, act_params = dp.replicate(state), None  # act_params: the parameters for acting, on the first device
-    if args.num_devices > 1:
-        print(f"data parallel: each update of {args.batch_size} sequences runs on {args.num_devices} devices")
 
     def save_checkpoint() -> str:
         counters = {"sched_prev": sched_prev, "episodes_ach": episodes_ach}
@@ -1723,19 +1758,12 @@ def main(args: Args):
                 key, k = jax.random.split(key)
                 state, metrics, latents = dp.train_step(state, dp.split_batch(data), dp.replicate(k))
                 act_params = None  # the update donated the old parameters' buffers
-                if not bool(metrics["finite"]):
-                    bad = [k[7:] for k, v in metrics.items() if k.startswith("finite/") and not bool(v)] or ["gradients"]
-                    raise FloatingPointError(
-                        f"non-finite loss ({', '.join(bad)}) at update {int(state.updates)}; the update "
-                        f"was skipped and a checkpoint written to {save_checkpoint()}"
-                    )
+                raise_if_not_finite(metrics, int(state.updates), save_checkpoint)
                 # replay context: the refreshed latents go back to replay before the next sample reads them (and before
                 # the next replay.add can overwrite their slots); the finite check above has already waited for them
                 replay.write_latents(env_idx, time_idx[:, 1:], *map(dp.local_rows, latents))
                 if agent.image and args.video_every and int(state.updates) - last_video >= args.video_every:
-                    key, k = jax.random.split(key)
-                    video = np.asarray(agent.openl_video(dp.first(state.params), data, k))  # (4, T, H, 3W, C)
-                    writer.add_video("openl/prediction", video.transpose(0, 1, 4, 2, 3), global_step, fps=10)
+                    key = log_openl_video(writer, agent, dp.first(state.params), data, key, global_step)
                     last_video = int(state.updates)
             progress.after_updates(global_step, int(state.updates))
 
@@ -1744,16 +1772,14 @@ def main(args: Args):
         if args.checkpoint_every and global_step % args.checkpoint_every < args.num_envs:
             print(f"checkpoint written to {save_checkpoint()} at global_step={global_step}")
 
-    if ckpt.stop is not None or args.checkpoint_every:
-        path = save_checkpoint()
-        if ckpt.stop is not None:
-            envs.close()
-            writer.close()
-            raise ckpt.stopped(global_step, path)
-    if args.save_model:
+    # the end: a last checkpoint (always after a stop signal: then stop with the command that continues), else the model
+    path = save_checkpoint() if ckpt.stop is not None or args.checkpoint_every else None
+    if args.save_model and ckpt.stop is None:
         save_and_evaluate(args, state.params, run_name, writer)
     envs.close()
     writer.close()
+    if ckpt.stop is not None:
+        raise ckpt.stopped(global_step, path)
 
 
 # ======================================================================================================================

@@ -3,6 +3,7 @@
 latent dynamics", ICLR 2024, OpenReview TjCDNssXKU) on top of DreamerV3 (Hafner et al., Nature 2025) in one JAX file.
 
     python thick_dreamer_jax.py --env-id crafter --sparse-scale 1.0      # Crafter, train ratio 512, model 12m
+    python thick_dreamer_jax.py --env-id crafter --sparse-scale 1.0 --num-devices 4 --batch-size 64  # 4 GPUs, global batch 64
     python thick_dreamer_jax.py --env-id atari100k_pong --sparse-scale 10
     python thick_dreamer_jax.py --env-id CartPole-v1 --model-size 1m     # vector observations
     python thick_dreamer_jax.py --evaluate runs/<run>/thick_dreamer_jax.cleanrl_model --eval-episodes 10
@@ -1936,6 +1937,33 @@ def change_strip(frames) -> np.ndarray:
     return np.concatenate(tiles, 1)
 
 
+class ChangeStats:
+    """THICK: how often the acting context changes: per log window (thick/acting_change_rate), per episode
+    (thick/episode_change_rate), and env 0's recent frames as an image (thick/context_change_strip, image observations)."""
+
+    def __init__(self, num_envs: int, image: bool):
+        self.changes, self.steps, self.image = 0, 0, image  # this log window's context changes and env steps
+        self.ep_changes, self.ep_steps = np.zeros(num_envs), np.zeros(num_envs)  # per env, this episode's
+        self.strip = deque(maxlen=32)
+
+    def add(self, writer, changed: np.ndarray, is_last: np.ndarray, obs, global_step: int):
+        """One policy step: changed (E,) bool, whether each env's context changed with this observation."""
+        self.changes, self.steps = self.changes + int(changed.sum()), self.steps + len(changed)
+        self.ep_changes, self.ep_steps = self.ep_changes + changed, self.ep_steps + 1
+        for i in np.flatnonzero(is_last):  # the episode of env i ends with this observation
+            writer.add_scalar("thick/episode_change_rate", self.ep_changes[i] / self.ep_steps[i], global_step)
+            self.ep_changes[i], self.ep_steps[i] = 0, 0
+        if self.image:
+            self.strip.append((obs[0], bool(changed[0])))
+
+    def log_window(self, writer, global_step: int):
+        writer.add_scalar("thick/acting_change_rate", self.changes / max(self.steps, 1), global_step)
+        self.changes, self.steps = 0, 0
+
+    def log_strip(self, writer, global_step: int):
+        writer.add_image("thick/context_change_strip", change_strip(self.strip), global_step, dataformats="HWC")
+
+
 def to_env_action(agent: Agent, action: np.ndarray):
     """Agent action (one-hot or in [-1, 1]) -> env action (index or rescaled to the Box bounds)."""
     if agent.discrete:
@@ -2044,6 +2072,24 @@ def log_episodes(writer, infos: dict, global_step: int, episodes_ach: list):
                 writer.add_scalar(f"achievements/{name}", rate, global_step)
 
 
+def raise_if_not_finite(metrics: dict, updates: int, save_checkpoint):
+    """After a train step: a non-finite loss or gradient (the step skipped the update) writes a checkpoint and stops."""
+    if not bool(metrics["finite"]):
+        bad = [k[7:] for k, v in metrics.items() if k.startswith("finite/") and not bool(v)] or ["gradients"]
+        raise FloatingPointError(
+            f"non-finite loss ({', '.join(bad)}) at update {updates}; the update "
+            f"was skipped and a checkpoint written to {save_checkpoint()}"
+        )
+
+
+def log_openl_video(writer, agent: Agent, params, data: dict, key, global_step: int):
+    """The open-loop video of the batch just trained on (every --video-every updates, image observations); returns key."""
+    key, k = jax.random.split(key)
+    video = np.asarray(agent.openl_video(params, data, k))  # (4, T, H, 4W, C)  THICK: + coarse
+    writer.add_video("openl/prediction", video.transpose(0, 1, 4, 2, 3), global_step, fps=10)
+    return key
+
+
 def save_and_evaluate(args: Args, params, run_name: str, writer):
     """--save-model: the final model to runs/{run_name}/{exp_name}.cleanrl_model, then --eval-episodes episodes with it."""
     model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
@@ -2071,6 +2117,45 @@ def env_spaces(env_id: str):
     return spaces
 
 
+def make_replay(args: Args, agent: Agent, seed: int) -> Replay:
+    """This process's replay: --buffer-size steps (or the whole run, if shorter) over --num-envs streams; checks the RAM."""
+    capacity = min(args.buffer_size, args.total_timesteps + args.num_envs) // args.num_envs
+    shapes = agent.obs_space, agent.act_dim, agent.deter, agent.stoch  # what each step stores
+    return Replay(capacity, args.num_envs, args.batch_length + 1, *shapes, seed, agent.ctx)  # THICK: + context
+
+
+def make_writer(args: Args, run_name: str):
+    """TensorBoard writer of runs/{run_name} (torch's, as in CleanRL's JAX scripts) with the flags as a table; --track:
+    Weights & Biases syncs it."""
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=vars(args),
+            name=run_name,
+            monitor_gym=True,
+            save_code=True,
+        )
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    return writer
+
+
+def print_devices(args: Args):
+    """The device that acts (and trains, unless --num-devices > 1 spreads each update over several)."""
+    device = jax.devices()[0]
+    print(f"device: {device.platform} ({device.device_kind})")
+    if device.platform == "cpu":
+        print("WARNING: JAX runs on the CPU. This is for debugging and tests; training from images needs a GPU.")
+    if args.num_devices > 1:
+        print(f"data parallel: each update of {args.batch_size} sequences runs on {args.num_devices} devices")
+
+
 def main(args: Args):
     init_multihost()  # several hosts only: before anything touches the devices
     args = check_args(args)
@@ -2091,46 +2176,17 @@ def main(args: Args):
     process, processes = jax.process_index(), jax.process_count()  # several hosts: one process each (init_multihost)
     run_name += f"__p{process}" if processes > 1 else ""
     agent = Agent(args, *env_spaces(args.env_id))
-    capacity = min(args.buffer_size, args.total_timesteps + args.num_envs) // args.num_envs
     env_seed = args.seed + process * args.num_envs  # = args.seed on one host
-    replay = Replay(  # THICK: + context
-        capacity,
-        args.num_envs,
-        args.batch_length + 1,
-        agent.obs_space,
-        agent.act_dim,
-        agent.deter,
-        agent.stoch,
-        env_seed,
-        agent.ctx,
-    )
+    replay = make_replay(args, agent, env_seed)
     ckpt = Checkpoints(args, run_name, saved)
     ckpt.open_run_dir()  # checks that it (and videos/{run_name} with --capture-video) can be written, then creates it
-    if args.track:
-        import wandb
-
-        wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            sync_tensorboard=True,
-            config=vars(args),
-            name=run_name,
-            monitor_gym=True,
-            save_code=True,
-        )
-    from torch.utils.tensorboard import SummaryWriter  # torch's writer, as in CleanRL's JAX scripts
-
-    writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    writer = make_writer(args, run_name)
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
     np.random.seed(args.seed)
     key = jax.random.PRNGKey(args.seed)
-    device = jax.devices()[0]
-    print(f"device: {device.platform} ({device.device_kind})")
-    if device.platform == "cpu":
-        print("WARNING: JAX runs on the CPU. This is for debugging and tests; training from images needs a GPU.")
+    print_devices(args)
 
     # env setup
     envs = common.make_vector_env(args.env_id, args.num_envs, env_seed, args.capture_video, run_name)
@@ -2144,8 +2200,6 @@ def main(args: Args):
         sched_prev, episodes_ach = counters["sched_prev"], counters["episodes_ach"]
     dp = DataParallel(agent, args.num_devices)  # the training state on the devices that share each update
     state, act_params = dp.replicate(state), None  # act_params: the parameters for acting, on the first device
-    if args.num_devices > 1:
-        print(f"data parallel: each update of {args.batch_size} sequences runs on {args.num_devices} devices")
     fallbacks = counters["fallbacks"] if saved is not None else 0  # THICK: fallback count, kept across --resume
 
     def save_checkpoint() -> str:
@@ -2161,25 +2215,15 @@ def main(args: Args):
     carry = agent.initial_carry(args.num_envs)
     ratio = args.train_ratio * processes / (args.batch_size * args.batch_length)  # updates per policy step (of a process)
     metrics, last_video, progress = {}, int(state.updates), Progress(args, global_step, int(state.updates))
-    # THICK: acting change rate (per log window and per episode), strip of env 0's recent frames
-    act_changes, act_steps = 0, 0
-    ep_changes, ep_steps = np.zeros(args.num_envs), np.zeros(args.num_envs)
-    strip = deque(maxlen=32)
+    changes = ChangeStats(args.num_envs, agent.image)  # THICK: how often the acting context changes
     ckpt.catch_signals()
     while global_step < args.total_timesteps and ckpt.stop is None:
         # ALGO LOGIC: act with the sampled posterior and the sampled action
         key, k = jax.random.split(key)
         act_params = act_params or dp.first(state.params)  # refreshed after every round of updates
         action, carry, (deter, stoch, context), changed = agent.policy_step(act_params, carry, obs, is_first, k)
-        action, changed = np.asarray(action), np.asarray(changed)
-        # ALGO LOGIC: THICK: acting change statistics
-        act_changes, act_steps = act_changes + int(changed.sum()), act_steps + args.num_envs
-        ep_changes, ep_steps = ep_changes + changed, ep_steps + 1
-        for i in np.flatnonzero(is_last):  # the episode of env i ends with this observation
-            writer.add_scalar("thick/episode_change_rate", ep_changes[i] / ep_steps[i], global_step)
-            ep_changes[i], ep_steps[i] = 0, 0
-        if agent.image:
-            strip.append((obs[0], bool(changed[0])))
+        action = np.asarray(action)
+        changes.add(writer, np.asarray(changed), is_last, obs, global_step)  # ALGO LOGIC: THICK: acting change statistics
         if not np.all(np.isfinite(action)):
             raise FloatingPointError(f"non-finite action at step {global_step}; checkpoint written to {save_checkpoint()}")
         stored_action = action * (~is_last)[:, None]  # the action stored with a last step is zeroed
@@ -2204,44 +2248,34 @@ def main(args: Args):
                 state, metrics, latents = dp.train_step(state, dp.split_batch(data), dp.replicate(k))
                 act_params = None  # the update donated the old parameters' buffers
                 fallbacks += int(metrics["thick/fallback"])  # THICK: batches without change events (psi = 1 used)
-                if not bool(metrics["finite"]):
-                    bad = [k[7:] for k, v in metrics.items() if k.startswith("finite/") and not bool(v)] or ["gradients"]
-                    raise FloatingPointError(
-                        f"non-finite loss ({', '.join(bad)}) at update {int(state.updates)}; the update "
-                        f"was skipped and a checkpoint written to {save_checkpoint()}"
-                    )
+                raise_if_not_finite(metrics, int(state.updates), save_checkpoint)
                 # replay context: the refreshed latents go back to replay before the next sample reads them (and before
                 # the next replay.add can overwrite their slots); the finite check above has already waited for them
                 replay.write_latents(env_idx, time_idx[:, 1:], *map(dp.local_rows, latents))
                 if agent.image and args.video_every and int(state.updates) - last_video >= args.video_every:
-                    key, k = jax.random.split(key)
-                    video = np.asarray(agent.openl_video(dp.first(state.params), data, k))  # (4, T, H, 4W, C)  THICK: + coarse
-                    writer.add_video("openl/prediction", video.transpose(0, 1, 4, 2, 3), global_step, fps=10)
-                    writer.add_image("thick/context_change_strip", change_strip(strip), global_step, dataformats="HWC")
+                    key = log_openl_video(writer, agent, dp.first(state.params), data, key, global_step)
+                    changes.log_strip(writer, global_step)  # THICK: env 0's recent frames, marked by context change
                     last_video = int(state.updates)
             progress.after_updates(global_step, int(state.updates))
 
         # TRY NOT TO MODIFY: record rewards for plotting purposes
         change = f" | change rate {float(metrics['thick/change_rate']):.3f}" if metrics else " | change rate -"  # THICK
         if progress.log(writer, replay, metrics, global_step, int(state.updates), change):  # THICK: at the scalar steps
-            writer.add_scalar("thick/acting_change_rate", act_changes / max(act_steps, 1), global_step)
+            changes.log_window(writer, global_step)
             writer.add_scalar("thick/fallback_count", fallbacks, global_step)
-            act_changes, act_steps = 0, 0
         if args.checkpoint_every and global_step % args.checkpoint_every < args.num_envs:
             print(f"checkpoint written to {save_checkpoint()} at global_step={global_step}")
 
-    if strip:  # THICK: the last frames of env 0, marked green where the context changed and red where not
-        writer.add_image("thick/context_change_strip", change_strip(strip), global_step, dataformats="HWC")
-    if ckpt.stop is not None or args.checkpoint_every:
-        path = save_checkpoint()
-        if ckpt.stop is not None:
-            envs.close()
-            writer.close()
-            raise ckpt.stopped(global_step, path)
-    if args.save_model:
+    if changes.strip:  # THICK: the last frames of env 0, marked green where the context changed and red where not
+        changes.log_strip(writer, global_step)
+    # the end: a last checkpoint (always after a stop signal: then stop with the command that continues), else the model
+    path = save_checkpoint() if ckpt.stop is not None or args.checkpoint_every else None
+    if args.save_model and ckpt.stop is None:
         save_and_evaluate(args, state.params, run_name, writer)
     envs.close()
     writer.close()
+    if ckpt.stop is not None:
+        raise ckpt.stopped(global_step, path)
 
 
 # ======================================================================================================================

@@ -33,7 +33,8 @@ SHARED_HELPERS = ["symlog", "symexp", "twohot_bins", "twohot_encode", "twohot_me
                   "percentile_update", "_after", "conv_im2col", "_conv_im2col_bwd", "conv5x5_maxpool", "upsample_conv5x5",
                   "rmsnorm_silu", "_rmsnorm_silu_fwd_math", "_rmsnorm_silu_bwd", "phase_max", "_phase_max_bwd",
                   "actor_dist", "agc_clip", "laprop", "learning_rate_at", "updates_due", "DataParallel",
-                  "init_multihost"]  # fmt: skip
+                  "init_multihost", "raise_if_not_finite", "make_writer", "print_devices", "save_and_evaluate",
+                  "Progress", "log_episodes", "Checkpoints", "env_spaces"]  # fmt: skip
 
 
 def test_shared_helpers_are_the_base_copies():
