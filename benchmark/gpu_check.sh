@@ -7,7 +7,8 @@
 #
 #   bash benchmark/gpu_check.sh                     # the check; writes benchmark/results/gpu_check.{json,md,log}
 #   bash benchmark/gpu_check.sh --out DIR           # ... into DIR (e.g. $OUT of a remote run)
-#   bash benchmark/gpu_check.sh --dry-run --out DIR # every part on the CPU with tiny sizes (CI; not a measurement)
+#   bash benchmark/gpu_check.sh --dry-run --out DIR # every part on the CPU with tiny sizes (CI; not a measurement; THICK
+#                                                   # without its env run, which repeats dreamerv3_jax.py's code path)
 #   bash benchmark/gpu_check.sh --scripts thick_dreamer_jax.py --budget 240   # a rerun of one script
 #   bash benchmark/gpu_check.sh --budget 900 --env-seconds 120                 # more time: the 2-minute env runs
 #

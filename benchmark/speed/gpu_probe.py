@@ -59,12 +59,15 @@ SIZES = {
 # the env runs share what the other parts leave of the budget (each at least ENV_MIN_S, else it is skipped), so the
 # whole check ends within --budget even if a part hangs. The real check's default budget, 420 s, keeps it under 8 minutes
 # with room to spare for a machine's start and a rerun within a 15-minute lease.
-# --dry-run: its parts end by themselves (about 130 CPU-seconds in all, parts run one per core); its limits are a safety
-# net only, wide enough for a shared machine under heavy load (a JAX update part took 220 s there).
+# --dry-run: its parts end by themselves (about 70-90 CPU-seconds in all, one chain of a script's parts per core); its
+# limits are a safety net only, wide enough for a shared machine under heavy load (a JAX update part took 220 s there).
 LIMITS = {"info": (60, 120), "jax-update": (120, 480), "torch-update": (60, 240)}
 BUDGET_S = (420, 1200)  # the whole check, gpu_check.sh's setup included
 ENV_MIN_S = 30  # the shortest env run worth starting
 ENV_DRY_S = 240  # --dry-run: the limit of each env run (32 steps; they end by themselves)
+# --dry-run leaves out the env run of thick_dreamer_jax.py: the same env-run code path, the same flags (env_cli) and the
+# same progress line as dreamerv3_jax.py's (the parse of THICK's longer line: tests/test_gpu_check.py), for 15-35 CPU-s
+DRY_RUN_NO_ENV = ("thick_dreamer_jax.py",)
 RESERVE_S = 10  # kept back for the report and for stopping a part that overran
 
 
@@ -437,15 +440,31 @@ def run_part(name, argv, limit, env):
 
 
 def run_parts(specs, env, log, jobs=1):
-    """specs: (name, argv, limit) of parts, run `jobs` at a time (the real check: 1, one measurement at a time; --dry-run:
-    one per core, so that the CPU compiles of the JAX scripts overlap). Returns [(row, status)] in the order of specs;
-    the parts' logs go to `log` in that order."""
+    """specs: (name, argv, limit) of parts, run `jobs` at a time (the real check: 1, one measurement at a time; --dry-run
+    runs its update parts and env runs with run_chains). Returns [(row, status)] in the order of specs; the parts' logs go
+    to `log` in that order."""
     with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
         results = list(pool.map(lambda spec: run_part(*spec, env), specs))
     for _, _, text in results:
         log.write(text + "\n")
     log.flush()
     return [(row, status) for row, status, _ in results]
+
+
+def run_chains(chains, env, log, jobs):
+    """--dry-run: chains of parts [(update spec, env spec or None)], `jobs` chains at a time, each chain's parts in order.
+    Returns [((row, status), (row, status) or None)] in the order of chains; the log holds every update part's output,
+    then every env run's, in that order (as run_parts writes them)."""
+
+    def chain(specs):
+        return [run_part(*spec, env) if spec else None for spec in specs]
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
+        results = list(pool.map(chain, chains))
+    for i in range(2):
+        log.writelines(r[i][2] + "\n" for r in results if r[i] is not None)
+    log.flush()
+    return [tuple(None if x is None else x[:2] for x in r) for r in results]
 
 
 def fmt(x, digits=3):
@@ -487,6 +506,8 @@ def table(report: dict) -> str:
     for p in report["parts"]:
         if p["status"] != "ok":
             lines.append(f"- part {p['part']}: {p['status']}")
+    for name in report.get("skipped", []):
+        lines.append(f"- part {name}: left out by --dry-run (the code path and flags of another script's env run)")
     return "\n".join(lines)
 
 
@@ -524,7 +545,12 @@ def check(a) -> int:
     out_dir = os.path.abspath(a.out)
     os.makedirs(out_dir, exist_ok=True)
     work = tempfile.mkdtemp(prefix="gpu_check_")  # the env runs' runs/ folders and the JAX compilation cache
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": os.path.join(work, "jax_cache"), "PYTHONUNBUFFERED": "1"}
+    # --dry-run: the caller's persistent compilation cache if it has one (the test suite's: a rerun reads what the last one
+    # compiled), every compile cached; the real check: a fresh cache, filled by the update parts for the env runs
+    cache = (dry and os.environ.get("JAX_COMPILATION_CACHE_DIR")) or os.path.join(work, "jax_cache")
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache, "PYTHONUNBUFFERED": "1"}
+    if dry:
+        env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     log = open(os.path.join(out_dir, "gpu_check.log"), "w")
     parts, details = [], {}
 
@@ -553,32 +579,45 @@ def check(a) -> int:
         kind = "torch-update" if s == TORCH_SCRIPT else "jax-update"
         limit = LIMITS[kind][dry] if dry else min(LIMITS[kind][dry], left())
         specs.append((f"{kind} {s}", update_argv(s, plan, sizes), max(1.0, limit)))
-    for s, (row, st) in zip(scripts, run_parts(specs, env, log, jobs), strict=True):
-        parts.append(st)
-        details[s] = {"update": row, "env": None}
 
-    # 2) the env runs: the script's own CLI on Crafter; they share the time that is left (--dry-run: they end by themselves)
-    specs = []
-    for i, s in enumerate(scripts):
-        share = a.env_seconds or max(left() / (len(scripts) - i), ENV_MIN_S)  # an equal share, at least ENV_MIN_S
-        seconds = ENV_DRY_S if dry else min(share, left())
+    def env_spec(s, seconds):  # the env run of script s: its own CLI on Crafter, stopped after `seconds`
         sz = sizes["torch" if s == TORCH_SCRIPT else "jax"]
         n_proc = plan[s] if s == TORCH_SCRIPT else 0  # torchrun's --nproc_per_node (0, 1: plain python)
         argv = f"env-run --script {s} --seconds {seconds:.1f} --batch {sz['batch']} --length {sz['length']}".split()
         argv += ["--torchrun", str(n_proc), "--workdir", os.path.join(work, "runs_" + s.removesuffix(".py"))]
         argv += ["--", *env_cli(s, plan, sizes, dry, hieros_src)]
-        spec = (f"env-run {s}", argv, seconds + 15)  # + 15 s: the part stops its run at `seconds` itself
-        if dry:
-            specs.append(spec)
-        elif seconds < ENV_MIN_S:
-            parts.append({"part": spec[0], "seconds": 0.0, "limit_s": round(seconds), "status": "skipped: no time left"})
-        else:
-            [(details[s]["env"], st)] = run_parts([spec], env, log)
-            parts.append(st)
+        return (f"env-run {s}", argv, seconds + 15)  # + 15 s: the part stops its run at `seconds` itself
+
     if dry:
+        # every script's update part, then its env run (which reads the compiled programs from the cache), as one chain;
+        # `jobs` chains at a time, so that one script's env run overlaps another's update part. The env runs end by
+        # themselves; DRY_RUN_NO_ENV's are left out (the same env-run code path and flags as another script's).
+        skipped = [s for s in scripts if s in DRY_RUN_NO_ENV]
+        env_specs = [None if s in skipped else env_spec(s, ENV_DRY_S) for s in scripts]
+        chains = run_chains(list(zip(specs, env_specs, strict=True)), env, log, jobs)
+        for s, ((row, st), _) in zip(scripts, chains, strict=True):
+            parts.append(st)
+            details[s] = {"update": row, "env": None}
+        for s, (_, env_part) in zip(scripts, chains, strict=True):
+            if env_part is not None:
+                details[s]["env"], st = env_part
+                parts.append(st)
+    else:
+        skipped = []
         for s, (row, st) in zip(scripts, run_parts(specs, env, log, jobs), strict=True):
             parts.append(st)
-            details[s]["env"] = row
+            details[s] = {"update": row, "env": None}
+
+        # 2) the env runs: the script's own CLI on Crafter; they share the time that is left
+        for i, s in enumerate(scripts):
+            share = a.env_seconds or max(left() / (len(scripts) - i), ENV_MIN_S)  # an equal share, at least ENV_MIN_S
+            seconds = min(share, left())
+            spec = env_spec(s, seconds)
+            if seconds < ENV_MIN_S:
+                parts.append({"part": spec[0], "seconds": 0.0, "limit_s": round(seconds), "status": "skipped: no time left"})
+            else:
+                [(details[s]["env"], st)] = run_parts([spec], env, log)
+                parts.append(st)
     shutil.rmtree(work, ignore_errors=True)
 
     rows = []
@@ -617,6 +656,7 @@ def check(a) -> int:
         "rows": rows,
         "details": details,
         "parts": parts,
+        "skipped": [f"env-run {s}" for s in skipped],  # --dry-run: DRY_RUN_NO_ENV
         "wheels_installed": os.environ.get("GPU_CHECK_WHEELS", "").split() or None,
     }
     report["wall_s"] = round(time.perf_counter() - t_start + a.setup_seconds, 1)
@@ -650,7 +690,7 @@ def main():
     env_help = "wall seconds of each env run (default: an equal share of the budget that the other parts leave)"
     c.add_argument("--env-seconds", type=float, default=0, help=env_help)
     c.add_argument("--scripts", nargs="+", default=[*JAX_SCRIPTS, TORCH_SCRIPT], choices=[*JAX_SCRIPTS, TORCH_SCRIPT])
-    c.add_argument("--jobs", type=int, default=0, help="--dry-run: parts at a time (default: one per core)")
+    c.add_argument("--jobs", type=int, default=0, help="--dry-run: scripts at a time (default: one per core)")
     c.add_argument("--setup-seconds", type=float, default=0, help=argparse.SUPPRESS)  # spent by gpu_check.sh before
     sub.add_parser("info", help="devices and versions")
     j = sub.add_parser("jax-update", help="one JAX script: s/update, policy step, peak device memory")
