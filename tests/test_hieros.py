@@ -903,24 +903,6 @@ def test_sigterm_writes_checkpoint_and_resume_continues(tmp_path):
     assert f"global_step={step}" in proc.stdout and f"step {int(step) + 32}/" in proc.stdout
 
 
-@pytest.mark.parametrize(
-    "flags, words",
-    [
-        (["--env-id", "NoSuchEnv-v0"], "NoSuchEnv-v0"),
-        (["--env-id", "CartPole-v1", "--batch-length", "0"], "batch-length"),
-        (["--env-id", "CartPole-v1", "--resume", "missing.pt"], "not found"),
-        (["--env-id", "CartPole-v1", "--evaluate", "corrupt.pt"], "corrupt"),
-        (["--env-id", "CartPole-v1", "--total-timesteps", "0"], "total-timesteps"),
-        (["--env-id", "CartPole-v1", "--model-size", "huge"], "model-size"),
-    ],
-)
-def test_bad_input_is_one_line_exit_2(tmp_path, flags, words):
-    (tmp_path / "corrupt.pt").write_bytes(b"this is not a checkpoint")
-    proc = run_script(tmp_path, *flags, check=False)
-    assert one_line_error(proc), proc.stderr
-    assert words in proc.stderr
-
-
 @pytest.mark.slow
 def test_nonfinite_loss_stops_with_named_term_and_checkpoint(tmp_path):
     # a learning rate of 1e30 blows the parameters up within a few updates: the run must stop at the next logging point
