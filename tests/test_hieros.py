@@ -814,11 +814,6 @@ def run_script(tmp_path, *flags, check=True):
     return proc
 
 
-def one_line_error(proc):
-    lines = [x for x in proc.stderr.strip().splitlines() if x.strip()]
-    return proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in proc.stderr
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("levels", [1, 3])
 def test_smoke_cartpole_save_evaluate(tmp_path, levels):
@@ -842,11 +837,9 @@ def test_smoke_cartpole_save_evaluate(tmp_path, levels):
     (model,) = tmp_path.glob("runs/*/hieros_s5_torch.cleanrl_model")
     returns = h.evaluate(str(model), common.make_env, None, 1, "test-eval", seed=3)  # env id None: the saved one
     assert len(returns) == 1 and returns[0] >= 1
-    ev = run_script(tmp_path, "--env-id", "CartPole-v1", "--evaluate", str(model), "--eval-episodes", "1")
-    assert "eval: 1 episodes, return " in ev.stdout
-    if levels == 1:  # a model evaluated on another env: one-line error naming the env it was trained on
-        ev = run_script(tmp_path, "--env-id", "Acrobot-v1", "--evaluate", str(model), check=False)
-        assert one_line_error(ev) and "trained on --env-id CartPole-v1" in ev.stderr, ev.stderr
+    if levels == 3:  # the --evaluate command line once (a model evaluated on another env: tests/test_reliability_hieros.py)
+        ev = run_script(tmp_path, "--env-id", "CartPole-v1", "--evaluate", str(model), "--eval-episodes", "1")
+        assert "eval: 1 episodes, return " in ev.stdout
 
 
 @pytest.mark.slow
@@ -882,9 +875,7 @@ def test_resume_continues_step_counter_and_checks_config(tmp_path):
         tmp_path, "--env-id", "CartPole-v1", "--total-timesteps", "80", "--max-hierarchy", "2", "--resume", str(ckpt)
     )
     assert "resumed from" in proc.stdout and "global_step=48" in proc.stdout and "step 80/80" in proc.stdout
-    bad = run_script(tmp_path, "--env-id", "CartPole-v1", "--total-timesteps", "80", "--max-hierarchy", "3", "--resume",
-                     str(ckpt), check=False)  # fmt: skip
-    assert one_line_error(bad) and "max_hierarchy" in bad.stderr
+    # a resume with other flags is refused by name: the row resume-other-flags of tests/test_reliability_hieros.py
 
 
 @pytest.mark.slow

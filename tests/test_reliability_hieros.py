@@ -241,6 +241,8 @@ BAD_INPUTS = [  # (id, flags, setup(cwd) -> the path for {}, the text the one-li
     ("evaluate-safetensors-file", ["--evaluate", "{}"], safetensors_file, "is a safetensors file"),
     ("resume-corrupt", ["--env-id", "CartPole-v1", "--resume", "{}"], corrupt_file, "is corrupt"),
     ("evaluate-corrupt", ["--evaluate", "{}"], corrupt_file, "is corrupt"),
+    ("evaluate-on-another-env", ["--env-id", "Acrobot-v1", "--evaluate", "{}"], final_model,
+     "was trained on --env-id CartPole-v1, not Acrobot-v1"),
     ("resume-other-flags", ["--env-id", "CartPole-v1", *TINY, "--total-timesteps", "200", "--max-hierarchy", "3",
                             "--resume", "{}"], lambda c: checkpoint_pair(c, 100), "other flags: max_hierarchy=2 (now 3)"),
     ("resume-at-the-end", [*RESUME_FLAGS, "--resume", "{}"], lambda c: checkpoint_pair(c, 200, 200),
