@@ -469,10 +469,11 @@ def test_sigkill_at_random_instants_then_two_sigterms(tmp_path):
     """10 SIGKILLs at random instants of a run that checkpoints every 4 steps (so some land inside a write); after each,
     the resumed run continues from the last committed pair with matching step, update, replay and optimizer counters,
     and the files an interrupted write left are gone once a run has started in that directory again. The last resume
-    gets two SIGTERMs 50 ms apart: one checkpoint, exit status 143, no traceback, nothing left over. The killed runs are
-    forked from this process (Forked); the last resume is a new interpreter, so its shutdown is tested too."""
-    flags = ["--env-id", "CartPole-v1", *TINY, "--total-timesteps", "100000", "--checkpoint-every", "4", "--log-every",
-             "2", "--seed", "5"]  # fmt: skip
+    gets two SIGTERMs 50 ms apart: one checkpoint, exit status 143, no traceback, nothing left over; a run resumed from
+    that checkpoint continues from its step. The killed runs and the final resume are forked from this process (Forked);
+    the run that gets the SIGTERMs is a new interpreter, so its shutdown is tested too."""
+    base = ["--env-id", "CartPole-v1", *TINY, "--checkpoint-every", "4", "--log-every", "2", "--seed", "5"]
+    flags = [*base, "--total-timesteps", "100000"]
     rng, lost, left_behind, stale, t0 = random.Random(0), [], 0, set(), time.time()
     run = Run(tmp_path, *flags)
     run.wait_for(r"^checkpoint written")
@@ -498,6 +499,9 @@ def test_sigkill_at_random_instants_then_two_sigterms(tmp_path):
     assert status == 128 + signal.SIGTERM and "Traceback" not in err and "Exception ignored" not in err, err[-3000:]
     step = int(re.search(r"stopped by SIGTERM at global_step=(\d+); checkpoint written to", err).group(1))
     assert committed(run_dir)["step"] == step and not leftovers(run_dir, f"checkpoint.step{step}.replay.npz")
+    run = Run(tmp_path, *base, "--total-timesteps", str(step + 8), "--resume", str(run_dir / "checkpoint.ckpt"))
+    status, out, err = run.finish()
+    assert status == 0 and f"at global_step={step}, " in out and f"step {step + 8}/{step + 8} " in out, err[-3000:]
     print(f"kills 10, resumes 10, steps lost per kill {lost} (mean {np.mean(lost):.1f}, max {max(lost)}), "
           f"kills that left unfinished files {left_behind}, {time.time() - t0:.0f} s")  # fmt: skip
 
