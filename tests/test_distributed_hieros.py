@@ -160,36 +160,36 @@ def torchrun(cwd, *flags, timeout=300):
 
 @pytest.mark.slow
 def test_torchrun_two_processes_train_checkpoint_and_resume(tmp_path):
-    proc = torchrun(tmp_path, "--total-timesteps", "200", "--checkpoint-every", "100", "--log-every", "100")
+    proc = torchrun(tmp_path, "--total-timesteps", "64", "--checkpoint-every", "32", "--log-every", "32")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert proc.stdout.count("step 200/200 ") == 1  # progress from rank 0 only
+    assert proc.stdout.count("step 64/64 ") == 1  # progress from rank 0 only
     (run,) = tmp_path.glob("runs/*")
     npz = sorted(p.name for p in run.glob("*.npz"))
-    assert npz == ["checkpoint.step200.rank1.replay.npz", "checkpoint.step200.replay.npz"]
+    assert npz == ["checkpoint.step64.rank1.replay.npz", "checkpoint.step64.replay.npz"]  # the step-32 pair deleted
     assert len(list(run.glob("events.out.tfevents.*"))) == 1  # TensorBoard from rank 0 only
     import hieros_s5_torch as H
 
     state = H.load_file(str(run / "checkpoint.ckpt"), kind="checkpoint")
-    assert state["global_step"] == 200 and state["world_size"] == 2 and len(state["rng_ranks"]) == 2
+    assert state["global_step"] == 64 and state["world_size"] == 2 and len(state["rng_ranks"]) == 2
     assert not torch.equal(state["rng_ranks"][0]["torch"], state["rng_ranks"][1]["torch"])  # seeds offset by rank
-    for name in ("checkpoint.step200.replay.npz", "checkpoint.step200.rank1.replay.npz"):
-        with np.load(run / name) as f:  # each process stepped its own env for half of the 200 steps
-            assert int(f["global_step"]) == 200 and f["L0_count"].sum() == 100
+    for name in ("checkpoint.step64.replay.npz", "checkpoint.step64.rank1.replay.npz"):
+        with np.load(run / name) as f:  # each process stepped its own env for half of the 64 steps
+            assert int(f["global_step"]) == 64 and f["L0_count"].sum() == 32
     updates = state["agent"]["levels.0._extra_state"]["updates"]
-    assert updates >= 150  # train ratio 16 with the global batch 2 x 8: one level-0 update per global step after 16
+    assert updates >= 64 - 16  # train ratio 16 with the global batch 2 x 8: one level-0 update per global step after 16
 
     # a single process cannot resume it (one replay file and RNG state per process)
-    args = H.check_args(H.Args(**{**state["args"], "total_timesteps": 300, "resume": str(run / "checkpoint.ckpt")}))
+    args = H.check_args(H.Args(**{**state["args"], "total_timesteps": 96, "resume": str(run / "checkpoint.ckpt")}))
     with pytest.raises(H.UsageError, match="written by a run of 2 process.es.: resume it with 2, not 1"):
         H.Checkpoints.read(args)
 
-    proc = torchrun(tmp_path, "--total-timesteps", "300", "--checkpoint-every", "100", "--resume", f"{run}/checkpoint.ckpt")
+    proc = torchrun(tmp_path, "--total-timesteps", "96", "--checkpoint-every", "32", "--resume", f"{run}/checkpoint.ckpt")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "resumed from" in proc.stdout and "global_step=200" in proc.stdout and "step 300/300 " in proc.stdout
+    assert "resumed from" in proc.stdout and "global_step=64" in proc.stdout and "step 96/96 " in proc.stdout
     state = H.load_file(str(run / "checkpoint.ckpt"), kind="checkpoint")
-    assert state["global_step"] == 300 and state["agent"]["levels.0._extra_state"]["updates"] >= updates + 100
+    assert state["global_step"] == 96 and state["agent"]["levels.0._extra_state"]["updates"] >= updates + 32
     npz = sorted(p.name for p in run.glob("*.npz"))  # the older pair deleted after the commit
-    assert npz == ["checkpoint.step300.rank1.replay.npz", "checkpoint.step300.replay.npz"]
+    assert npz == ["checkpoint.step96.rank1.replay.npz", "checkpoint.step96.replay.npz"]
 
 
 def worker_pids(parent: int) -> dict:
@@ -211,7 +211,7 @@ def worker_pids(parent: int) -> dict:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path(f"/proc/self/task/{os.getpid()}/children").exists(), reason="finds the workers through /proc")
 def test_sigterm_to_one_process_stops_both_at_the_same_step_with_a_checkpoint(tmp_path):
-    proc = subprocess.Popen([*TORCHRUN, *TINY, "--total-timesteps", "100000", "--log-every", "32"], cwd=tmp_path, env=ENV,
+    proc = subprocess.Popen([*TORCHRUN, *TINY, "--total-timesteps", "100000", "--log-every", "16"], cwd=tmp_path, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         for line in proc.stdout:  # rank 0's progress: both are training
