@@ -1,11 +1,9 @@
 """Tests of dreamerv3_jax.py: values of the numeric helpers, layer shapes, gradient routing, and smoke runs."""
 
 import math
-import os
 import re
 import signal
-import subprocess
-import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -384,86 +382,85 @@ def test_replay_checkpoint_holds_only_written_steps_and_round_trips(tmp_path):
 TINY = ["--model-size", "debug", "--batch-size", "2", "--batch-length", "8", "--train-ratio", "16", "--imag-horizon", "3"]
 
 
-def run(tmp_path, *flags, check=True):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")  # conftest.py sets the XLA flags and the compilation cache
-    out = subprocess.run([sys.executable, str(ROOT / "dreamerv3_jax.py"), *flags], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=600)  # fmt: skip
-    if check:
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return out
+@pytest.fixture
+def run(script_run, tmp_path):
+    """run(*flags, check=True): `python dreamerv3_jax.py *flags` in tmp_path as a forked run (conftest.py: script_run;
+    the XLA flags and the compilation cache of conftest.py apply)."""
+
+    def go(*flags, check=True):
+        out = script_run("dreamerv3_jax.py", flags, tmp_path)
+        if check:
+            assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        return out
+
+    return go
 
 
 @pytest.mark.slow
-def test_smoke_cartpole_save_and_evaluate(tmp_path):
-    out = run(tmp_path, "--env-id", "CartPole-v1", *TINY, "--total-timesteps", "60", "--save-model", "--eval-episodes", "2")
+def test_smoke_cartpole_save_and_evaluate(tmp_path, run):
+    out = run("--env-id", "CartPole-v1", *TINY, "--total-timesteps", "60", "--save-model", "--eval-episodes", "2")
     assert "model saved to" in out.stdout and "eval: 2 episodes" in out.stdout
     model = next(tmp_path.glob("runs/*/dreamerv3_jax.cleanrl_model"))
     events = list(model.parent.glob("events.out.tfevents*"))
     assert events
-    out = run(tmp_path, "--evaluate", str(model), "--eval-episodes", "1")  # the env id comes from the file
+    out = run("--evaluate", str(model), "--eval-episodes", "1")  # the env id comes from the file
     assert re.search(r"^eval: 1 episodes, return [-\d.]+ \+- [\d.]+$", out.stdout, re.M)
-    out = run(tmp_path, "--evaluate", str(model), "--env-id", "Acrobot-v1", check=False)  # another env: one-line error
+    out = run("--evaluate", str(model), "--env-id", "Acrobot-v1", check=False)  # another env: one-line error
     assert out.returncode == 2 and "trained on --env-id CartPole-v1" in out.stderr
 
 
 @pytest.mark.slow
-def test_smoke_pendulum_continuous(tmp_path):
-    out = run(tmp_path, "--env-id", "Pendulum-v1", *TINY, "--total-timesteps", "60", "--save-model", "--eval-episodes", "1")
+def test_smoke_pendulum_continuous(tmp_path, run):
+    out = run("--env-id", "Pendulum-v1", *TINY, "--total-timesteps", "60", "--save-model", "--eval-episodes", "1")
     assert "eval: 1 episodes" in out.stdout
 
 
 @pytest.mark.slow
-def test_smoke_crafter_checkpoint_and_resume(tmp_path):
-    out = run(tmp_path, "--env-id", "crafter", *TINY, "--total-timesteps", "40", "--checkpoint-every", "20")
+def test_smoke_atari100k_video_checkpoint_and_resume(tmp_path, run):
+    """The image smoke run (Atari100k protocol, open-loop videos at every update): checkpoint -> resume, and the one-line
+    errors of a resume that cannot continue. (Crafter's main loop is the THICK smoke run's: the same shared code.)"""
+    out = run("--env-id", "atari100k_pong", *TINY, "--video-every", "1", "--total-timesteps", "40", "--checkpoint-every", "20")
+    assert "step 40/40" in out.stdout
     ckpt = next(tmp_path.glob("runs/*/checkpoint.ckpt"))
     replay = ckpt.parent / "checkpoint.step40.replay.npz"  # the replay named by the checkpoint; step 20's is deleted
     assert replay.exists() and [p.name for p in ckpt.parent.glob("*.npz")] == [replay.name]
-    out = run(tmp_path, "--env-id", "crafter", *TINY, "--total-timesteps", "60", "--resume", str(ckpt))
+    out = run("--env-id", "atari100k_pong", *TINY, "--total-timesteps", "60", "--resume", str(ckpt))
     assert "resumed from" in out.stdout and "global_step=40" in out.stdout and "step 60/60" in out.stdout
     assert len(list(tmp_path.glob("runs/*"))) == 1  # the resumed run logs into the same run directory
     # a checkpoint of another config is a one-line error with exit status 2
-    bad = run(tmp_path, "--env-id", "crafter", *TINY, "--model-size", "1m", "--resume", str(ckpt), check=False)
+    bad = run("--env-id", "atari100k_pong", *TINY, "--model-size", "1m", "--resume", str(ckpt), check=False)
     assert bad.returncode == 2 and "model_size" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
-    bad = run(tmp_path, "--env-id", "crafter", *TINY, "--total-timesteps", "40", "--resume", str(ckpt), check=False)
+    bad = run("--env-id", "atari100k_pong", *TINY, "--total-timesteps", "40", "--resume", str(ckpt), check=False)
     assert bad.returncode == 2 and "larger --total-timesteps" in bad.stderr  # nothing left to train
     # so is a corrupt replay file, and a missing one unless --no-checkpoint-replay accepts an empty replay
     replay.write_bytes(replay.read_bytes()[:1000])
-    bad = run(tmp_path, "--env-id", "crafter", *TINY, "--total-timesteps", "60", "--resume", str(ckpt), check=False)
+    bad = run("--env-id", "atari100k_pong", *TINY, "--total-timesteps", "60", "--resume", str(ckpt), check=False)
     assert bad.returncode == 2 and "corrupt replay" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     replay.unlink()
-    bad = run(tmp_path, "--env-id", "crafter", *TINY, "--total-timesteps", "60", "--resume", str(ckpt), check=False)
+    bad = run("--env-id", "atari100k_pong", *TINY, "--total-timesteps", "60", "--resume", str(ckpt), check=False)
     assert bad.returncode == 2 and "--no-checkpoint-replay" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
-def stop_with_sigterm(cmd, cwd, env):
-    """Start a run, send SIGTERM once it prints its first progress line, return (exit status, stdout, stderr)."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("step "):
-            proc.send_signal(signal.SIGTERM)
-            break
-    out, err = proc.communicate(timeout=300)
-    return proc.returncode, "".join(lines) + out, err
+def stop_with_sigterm(proc, timeout=300):
+    """SIGTERM to a started run once it prints its first progress line; returns (exit status, stdout, stderr)."""
+    end = time.time() + timeout
+    while not any(line.startswith("step ") for line in proc.out_lines()):
+        assert proc.poll() is None and time.time() < end, proc.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout)
+    return proc.returncode, *proc.read()
 
 
 @pytest.mark.slow
-def test_sigterm_writes_checkpoint_and_resume_continues(tmp_path):
+def test_sigterm_writes_checkpoint_and_resume_continues(tmp_path, run, script_popen):
     flags = ["--env-id", "CartPole-v1", *TINY, "--log-every", "16", "--seed", "3"]
-    cmd = [sys.executable, str(ROOT / "dreamerv3_jax.py"), *flags, "--total-timesteps", "100000"]
-    rc, out, err = stop_with_sigterm(cmd, tmp_path, dict(os.environ, PYTHONUNBUFFERED="1"))
+    rc, out, err = stop_with_sigterm(script_popen("dreamerv3_jax.py", [*flags, "--total-timesteps", "100000"], tmp_path))
     assert rc == 128 + signal.SIGTERM and "Traceback" not in err, err[-3000:]
     step, ckpt = re.search(r"stopped by SIGTERM at global_step=(\d+); checkpoint written to (\S+)", err).groups()
     assert int(step) >= 16 and (tmp_path / ckpt).with_name(f"checkpoint.step{step}.replay.npz").exists()  # with its replay
-    out = run(tmp_path, *flags, "--total-timesteps", str(int(step) + 16), "--resume", ckpt)  # past learning starts (24)
+    out = run(*flags, "--total-timesteps", str(int(step) + 16), "--resume", ckpt)  # past learning starts (24)
     assert f"at global_step={step}" in out.stdout and f"step {int(step) + 16}/" in out.stdout
-
-
-@pytest.mark.slow
-def test_smoke_atari100k(tmp_path):
-    out = run(tmp_path, "--env-id", "atari100k_pong", *TINY, "--total-timesteps", "40", "--video-every", "1")
-    assert "step 40/40" in out.stdout
 
 
 def test_evaluate_crafter_reports_score(tmp_path, capsys, monkeypatch):

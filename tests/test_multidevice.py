@@ -1,21 +1,22 @@
 """--num-devices N of dreamerv3_jax.py and thick_dreamer_jax.py (data parallel on jax.sharding), on the CPU.
 
 XLA_FLAGS=--xla_force_host_platform_device_count=2 splits the CPU into two JAX devices; the flag must be set before JAX
-starts, so each test runs a fresh process: this file's __main__ block for the comparison of one update, the scripts
-themselves for the tiny run. (a) Updates on 2 devices (the batch split along its batch axis, the training state
-replicated) equal the same updates on 1 device for the same global batch, up to float32 summation order. (b) A tiny
+starts, so each test runs a fresh process (forked by conftest.py's fork server, which has not started JAX): this
+file's __main__ block for the comparison of one update, the script itself for the tiny run. (a) Updates on 2 devices
+(the batch split along its batch axis, the training state replicated) equal the same updates on 1 device for the same
+global batch, up to float32 summation order. (b) A tiny
 run with --num-devices 2 trains, writes a checkpoint and resumes from it."""
 
 import importlib
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TWO_DEVICES = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2",
-                   PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))  # fmt: skip
+# conftest.py's XLA flags (fast compilation) plus the two CPU devices; JAX reads XLA_FLAGS when it starts its backend,
+# which a forked run (conftest.py: script_run) starts after it has set this environment
+TWO_DEVICES = {"XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"}
 TINY = ["--model-size", "debug", "--batch-size", "2", "--batch-length", "8", "--train-ratio", "16", "--imag-horizon", "3"]
 RTOL = 1e-5  # max |two - one| <= RTOL * max |one| (parameters: over all of them, the rest per tensor)
 
@@ -82,18 +83,10 @@ def compare_updates(script: str, updates: int = 2) -> dict:
     return out
 
 
-def run(script: str, *flags, cwd: Path) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, str(ROOT / f"{script}.py"), *flags], cwd=cwd, env=TWO_DEVICES,
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return out
-
-
-def test_update_on_two_devices_equals_update_on_one():
+def test_update_on_two_devices_equals_update_on_one(script_run, tmp_path):
     """dreamerv3_jax.py only (each script's compilations take a large part of this file's time budget): THICK shares
     DataParallel line for line (tests/test_thick.py, shared helpers) and its train step's inputs are the same kind."""
-    out = subprocess.run([sys.executable, __file__, "dreamerv3_jax"], env=TWO_DEVICES, capture_output=True, text=True,
-                         timeout=300)  # fmt: skip
+    out = script_run("tests/test_multidevice.py", ["dreamerv3_jax"], tmp_path, env=TWO_DEVICES, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["updates"] == [2, 2] and r["param_change"] > 10 * RTOL, r
@@ -102,13 +95,19 @@ def test_update_on_two_devices_equals_update_on_one():
     assert r["deter"] <= 2e-3 and r["stoch_equal"] >= 0.99, r
 
 
-def test_tiny_run_on_two_devices_trains_checkpoints_and_resumes(tmp_path):
+def test_tiny_run_on_two_devices_trains_checkpoints_and_resumes(script_run, tmp_path):
     flags = ["--env-id", "CartPole-v1", *TINY, "--num-devices", "2"]
-    out = run("dreamerv3_jax", *flags, "--total-timesteps", "40", "--checkpoint-every", "20", cwd=tmp_path)
+
+    def run(*flags):
+        out = script_run("dreamerv3_jax.py", flags, tmp_path, env=TWO_DEVICES, timeout=300)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        return out
+
+    out = run(*flags, "--total-timesteps", "40", "--checkpoint-every", "20")
     assert "data parallel: each update of 2 sequences runs on 2 devices" in out.stdout
     assert "updates 0" not in out.stdout.splitlines()[-2], out.stdout[-2000:]
     ckpt = next(tmp_path.glob("runs/*/checkpoint.ckpt"))
-    out = run("dreamerv3_jax", *flags, "--total-timesteps", "60", "--resume", str(ckpt), cwd=tmp_path)
+    out = run(*flags, "--total-timesteps", "60", "--resume", str(ckpt))
     assert "resumed from" in out.stdout and "step 60/60" in out.stdout, out.stdout[-2000:]
 
 

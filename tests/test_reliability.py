@@ -4,7 +4,9 @@ stop signals end without a traceback; files of other scripts or of an older form
 
 The bad-input table runs each script's real `__main__` block in this process (runpy, argv patched): the same code path
 as `python <script>.py ...` without paying an interpreter and a JAX import per row. One row per script also runs as a
-real subprocess. The kill test runs dreamerv3_jax.py only: test_checkpoint_code_is_the_same_in_both_scripts shows that
+real subprocess. The real runs (the kill test, the read-only run directory) are processes forked by conftest.py's fork
+server: each is killed, signalled and ends as `python dreamerv3_jax.py` does, without an interpreter start and a JAX
+import per run. The kill test runs dreamerv3_jax.py only: test_checkpoint_code_is_the_same_in_both_scripts shows that
 thick_dreamer_jax.py shares that code line for line."""
 
 import contextlib
@@ -17,7 +19,6 @@ import runpy
 import signal
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -293,32 +294,28 @@ def test_second_signal_waits_for_the_write_and_a_second_ctrl_c_outside_it_stops_
 
 
 class Run:
-    """A dreamerv3_jax.py process whose stdout and stderr lines are collected by a thread."""
+    """A dreamerv3_jax.py run, forked by conftest.py's fork server (script_popen): a process of its own that SIGKILL and
+    SIGTERM end as they end `python dreamerv3_jax.py`, without an interpreter start and JAX import per run."""
 
-    def __init__(self, cwd, *flags):
-        cmd = [sys.executable, str(ROOT / "dreamerv3_jax.py"), *flags]
-        self.proc = subprocess.Popen(cmd, cwd=cwd, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)  # fmt: skip
-        self.out, self.err = [], []
-        self.threads = [threading.Thread(target=lambda s, acc: acc.extend(s), args=a) for a in
-                        ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]  # fmt: skip
-        for t in self.threads:
-            t.start()
+    def __init__(self, start, cwd, *flags):
+        self.proc = start("dreamerv3_jax.py", flags, cwd)
+
+    @property
+    def out(self) -> list:
+        return self.proc.out_lines()
 
     def wait_for(self, pattern, timeout=300):
         end = time.time() + timeout
         while time.time() < end:
             if any(re.search(pattern, line) for line in self.out):
                 return
-            assert self.proc.poll() is None, "".join(self.out[-20:] + self.err[-20:])
+            assert self.proc.poll() is None, "".join(self.proc.read())
             time.sleep(0.02)
         raise AssertionError(f"no line matching {pattern!r}")
 
     def finish(self, timeout=300):
         self.proc.wait(timeout=timeout)
-        for t in self.threads:
-            t.join()
-        return self.proc.returncode, "".join(self.out), "".join(self.err)
+        return self.proc.returncode, *self.proc.read()
 
 
 def committed(run_dir: Path) -> dict:
@@ -342,7 +339,7 @@ def leftovers(run_dir: Path, named: str) -> set:
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_instants_then_two_sigterms(tmp_path):
+def test_sigkill_at_random_instants_then_two_sigterms(tmp_path, script_popen):
     """10 SIGKILLs at random instants of a run that checkpoints every 4 steps (so some land inside a write); after each,
     the resumed run continues from the last committed pair with matching step, update, replay and optimizer counters,
     and the files an interrupted write left are gone once a run has started in that directory again. The last resume
@@ -350,7 +347,7 @@ def test_sigkill_at_random_instants_then_two_sigterms(tmp_path):
     flags = ["--env-id", "CartPole-v1", *TINY, "--total-timesteps", "100000", "--checkpoint-every", "4", "--log-every",
              "2", "--seed", "5"]  # fmt: skip
     rng, lost, left_behind, stale = random.Random(0), [], 0, set()
-    run = Run(tmp_path, *flags)
+    run = Run(script_popen, tmp_path, *flags)
     run.wait_for(r"^checkpoint written")
     run_dir = next((tmp_path / "runs").iterdir())
     for _ in range(10):
@@ -363,7 +360,7 @@ def test_sigkill_at_random_instants_then_two_sigterms(tmp_path):
         assert not stale & {p.name for p in run_dir.iterdir()}  # what the previous kill left was deleted
         stale = leftovers(run_dir, f"checkpoint.step{last['step']}.replay.npz")
         left_behind += bool(stale)
-        run = Run(tmp_path, *flags, "--resume", str(run_dir / "checkpoint.ckpt"))
+        run = Run(script_popen, tmp_path, *flags, "--resume", str(run_dir / "checkpoint.ckpt"))
         run.wait_for(r"^checkpoint written")
         assert f"at global_step={last['step']}, updates={last['updates']}, replay={last['replay']}\n" in "".join(run.out)
     run.proc.send_signal(signal.SIGTERM)
@@ -382,9 +379,9 @@ READ_ONLY_CASES = [(["--checkpoint-every", "8"], "^checkpoint written"), (["--lo
 
 @pytest.mark.slow
 @pytest.mark.parametrize("flags,first_line", READ_ONLY_CASES, ids=["checkpoint", "tensorboard"])
-def test_run_directory_turning_read_only_is_a_one_line_error(tmp_path, flags, first_line):
+def test_run_directory_turning_read_only_is_a_one_line_error(tmp_path, flags, first_line, script_popen):
     """The next checkpoint write (or, without checkpoints, the TensorBoard writer) fails: one line, no traceback."""
-    run = Run(tmp_path, "--env-id", "CartPole-v1", *TINY, "--total-timesteps", "100000", *flags)
+    run = Run(script_popen, tmp_path, "--env-id", "CartPole-v1", *TINY, "--total-timesteps", "100000", *flags)
     run.wait_for(first_line)
     run_dir = next((tmp_path / "runs").iterdir())
     if os.geteuid() == 0:  # root ignores permission bits: the directory is replaced by a file instead

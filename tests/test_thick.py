@@ -6,8 +6,7 @@ import inspect
 import os
 import re
 import signal
-import subprocess
-import sys
+import time
 
 import gymnasium as gym
 import jax
@@ -457,7 +456,8 @@ def test_change_rate_counts_only_valid_steps_without_replay_context():
     st = ag.init(jax.random.PRNGKey(0))
     params = with_gate_bias(st.params, 50.0)
     batch = {k: jnp.asarray(v) for k, v in random_batch(ag, seed=2).items()}
-    _, (_, m, _, _) = ag.loss(params, st.slow_critic, st.slow_ccritic, st.retnorm, batch, jax.random.PRNGKey(1))
+    loss = jax.jit(ag.loss)  # one compilation instead of the loss's ops one by one
+    _, (_, m, _, _) = loss(params, st.slow_critic, st.slow_ccritic, st.retnorm, batch, jax.random.PRNGKey(1))
     assert float(m["thick/change_rate"]) == 1.0 and float(m["thick/gate_activity"]) == 1.0
     assert all(float(m[f"thick/open_rate/{i}"]) == 1.0 for i in range(ag.ctx))
 
@@ -518,12 +518,11 @@ def test_large_beta_closes_the_gates_toy_run(agent, state):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def run_script(tmp_path, *flags, timeout=900):
-    xla = os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"  # tiny runs: compile time dominates
-    env = dict(os.environ, PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=str(tmp_path.parent / "jax_cache"), XLA_FLAGS=xla,
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")  # fmt: skip
-    cmd = [sys.executable, os.path.join(ROOT, "thick_dreamer_jax.py"), *flags]
-    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+@pytest.fixture
+def run_script(script_run, tmp_path):
+    """run_script(*flags): `python thick_dreamer_jax.py *flags` in tmp_path as a forked run (conftest.py: script_run; the
+    XLA flags and the compilation cache of conftest.py apply)."""
+    return lambda *flags: script_run("thick_dreamer_jax.py", flags, tmp_path)
 
 
 TINY = ["--model-size", "debug", "--batch-size", "2", "--batch-length", "8", "--train-ratio", "8", "--log-every", "50",
@@ -541,55 +540,55 @@ def test_train_ratio_scheduler_as_in_the_base():
     assert td.check_args(td.Args(env_id="crafter")).learning_starts == 16 * 64 + 64
 
 
-def test_cli_rejects_bad_thick_flags(tmp_path):
-    r = run_script(tmp_path, "--env-id", "CartPole-v1", "--psi", "1.5")
+def test_cli_rejects_bad_thick_flags(run_script):
+    r = run_script("--env-id", "CartPole-v1", "--psi", "1.5")
     assert r.returncode == 2 and "--psi" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
-def test_smoke_cartpole_save_evaluate_checkpoint_resume(tmp_path):
-    r = run_script(tmp_path, "--env-id", "CartPole-v1", *TINY, "--total-timesteps", "120", "--checkpoint-every", "100",
+def test_smoke_cartpole_save_evaluate_checkpoint_resume(tmp_path, run_script):
+    r = run_script("--env-id", "CartPole-v1", *TINY, "--total-timesteps", "120", "--checkpoint-every", "100",
                    "--save-model")  # fmt: skip
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "model saved to" in r.stdout and "eval: 1 episodes" in r.stdout
     assert re.search(r"change rate \d", r.stdout)
     run_dir = next((tmp_path / "runs").iterdir())
     assert (run_dir / "thick_dreamer_jax.cleanrl_model").is_file() and (run_dir / "checkpoint.ckpt").is_file()
-    r = run_script(tmp_path, "--env-id", "CartPole-v1", *TINY, "--total-timesteps", "160", "--checkpoint-every", "100",
+    r = run_script("--env-id", "CartPole-v1", *TINY, "--total-timesteps", "160", "--checkpoint-every", "100",
                    "--resume", str(run_dir / "checkpoint.ckpt"))  # fmt: skip
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "resumed from" in r.stdout and "global_step=120" in r.stdout and "step 160/160" in r.stdout
-    r = run_script(tmp_path, "--env-id", "CartPole-v1", *TINY, "--total-timesteps", "160", "--context-dim", "4",
+    r = run_script("--env-id", "CartPole-v1", *TINY, "--total-timesteps", "160", "--context-dim", "4",
                    "--resume", str(run_dir / "checkpoint.ckpt"))  # fmt: skip
     assert r.returncode == 2 and "context_dim" in r.stderr  # another config: a one-line error
     next(run_dir.glob("checkpoint.step*.replay.npz")).write_bytes(b"PK\x03\x04 truncated")  # corrupt: a one-line error
-    r = run_script(tmp_path, "--env-id", "CartPole-v1", *TINY, "--total-timesteps", "200",
+    r = run_script("--env-id", "CartPole-v1", *TINY, "--total-timesteps", "200",
                    "--resume", str(run_dir / "checkpoint.ckpt"))  # fmt: skip
     assert r.returncode == 2 and "corrupt replay" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
-def test_sigterm_writes_checkpoint_and_resume_continues(tmp_path):
+def test_sigterm_writes_checkpoint_and_resume_continues(tmp_path, run_script, script_popen):
     flags = ["--env-id", "CartPole-v1", *TINY, "--log-every", "16", "--seed", "3"]
-    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "thick_dreamer_jax.py"), *flags, "--total-timesteps",
-                             "100000"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:  # stop once the run is past its first progress line
-        if line.startswith("step "):
-            proc.send_signal(signal.SIGTERM)
-            break
-    _, err = proc.communicate(timeout=300)
+    proc = script_popen("thick_dreamer_jax.py", [*flags, "--total-timesteps", "100000"], tmp_path)
+    end = time.time() + 300
+    while not any(line.startswith("step ") for line in proc.out_lines()):  # stop once past its first progress line
+        assert proc.poll() is None and time.time() < end, proc.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(300)
+    _, err = proc.read()
     assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err[-3000:]
     step, ckpt = re.search(r"stopped by SIGTERM at global_step=(\d+); checkpoint written to (\S+)", err).groups()
-    r = run_script(tmp_path, *flags, "--total-timesteps", str(int(step) + 16), "--resume", ckpt)  # past learning starts
+    r = run_script(*flags, "--total-timesteps", str(int(step) + 16), "--resume", ckpt)  # past learning starts
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert f"at global_step={step}" in r.stdout and f"step {int(step) + 16}/" in r.stdout
 
 
 @pytest.mark.slow
-def test_smoke_crafter_save_and_evaluate(tmp_path):
-    r = run_script(tmp_path, "--env-id", "crafter", *TINY, "--total-timesteps", "60", "--learning-starts", "20",
+def test_smoke_crafter_save_and_evaluate(run_script):
+    r = run_script("--env-id", "crafter", *TINY, "--total-timesteps", "60", "--learning-starts", "20",
                    "--train-ratio", "4", "--save-model")  # fmt: skip
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "model saved to" in r.stdout and "eval: 1 episodes" in r.stdout
