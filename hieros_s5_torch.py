@@ -261,7 +261,7 @@ RESUME_FREE = {
 # A first look on a CPU: the CartPole recipe of the README's quick start (printed when a CPU run would take hours).
 QUICK_START = (
     f"python {os.path.basename(__file__)} --env-id CartPole-v1 --model-size small --batch-size 16 --batch-length 32 "
-    "--train-ratio 256 --model-lr 3e-4 --actor-lr 3e-4 --critic-lr 3e-4 --total-timesteps 30000"
+    "--train-ratio 256 --model-lr 3e-4 --actor-lr 3e-4 --critic-lr 3e-4 --max-hierarchy 1 --total-timesteps 15000"
 )
 
 

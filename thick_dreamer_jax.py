@@ -233,7 +233,7 @@ RESUME_FREE = {
 # A first look on a CPU: a CartPole recipe that learns, printed when a CPU run would take hours (one constant to update).
 QUICK_START = (
     f"python {os.path.basename(__file__)} --env-id CartPole-v1 --model-size debug --batch-size 16 --batch-length 32 "
-    "--train-ratio 256 --learning-rate 3e-4 --total-timesteps 30000"
+    "--train-ratio 256 --learning-rate 3e-4 --total-timesteps 15000"
 )
 
 
