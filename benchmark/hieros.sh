@@ -66,6 +66,7 @@ crafter() {
 }
 
 plot() {
+  # hieros_cartpole.png shows DreamerV3's curve too: run `bash benchmark/dreamerv3.sh cartpole` (one seed is enough) first
   LEVEL_PANELS=("subgoal/code_entropy_L{L}" "subgoal/achieved_reward_L{L}" "hieros/imag_ext_reward_L{L}")
   python benchmark/plot.py --runs "runs/CartPole-v1__hieros_cartpole_L1__*" "runs/CartPole-v1__hieros_cartpole_L3__*" \
     "runs/CartPole-v1__dreamerv3_cartpole_debug__*" --labels "HIEROS, 1 level" "HIEROS, 3 levels" DreamerV3 \
