@@ -2389,8 +2389,10 @@ if __name__ == "__main__":
     finally:
         if dist.is_available() and dist.is_initialized():  # data parallel: leave the process group, also after an error
             dist.destroy_process_group()
-    for s in (signal.SIGTERM, signal.SIGINT):  # a later signal ends the shutdown quietly (no "Exception ignored in atexit")
-        signal.signal(s, signal.SIG_DFL)
+    # a later signal is ignored (SIG_IGN survives Python's finalization, a Python handler does not): the shutdown ends
+    # quietly with this run's status (no "Exception ignored in atexit", no death by the signal)
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, signal.SIG_IGN)
     if message:
         print(message, file=sys.stderr)
     sys.exit(status)
