@@ -2,6 +2,7 @@
 # DreamerV3 (dreamerv3_jax.py): the exact learning commands behind the figures in benchmark/results/ that the README and
 # docs/dreamerv3.md show. Run from the repository root with the requirements installed; curves are read back from
 # runs/ by benchmark/plot.py, stdout logs go to runs/logs/.
+#   bash benchmark/dreamerv3.sh quickstart # the README's quick start, timed on an otherwise idle machine (quickstart.json)
 #   bash benchmark/dreamerv3.sh cartpole   # CartPole-v1, seeds 1 and 2 (about 45 min each on one CPU core)
 #   bash benchmark/dreamerv3.sh crafter    # Crafter, 1m preset, CPU-sized (6 runs of hours each on one CPU core)
 #   bash benchmark/dreamerv3.sh baseline   # the uniform random policy on Crafter (crafter_random.json, the plots' line)
@@ -17,10 +18,27 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 GROUP="${1:-all}"
 shift || true
-case "$GROUP" in cartpole | crafter | baseline | plot | all) ;; *)
+case "$GROUP" in quickstart | quickstart_plot | cartpole | crafter | baseline | plot | all) ;; *)
   echo "error: unknown group '$GROUP' (see --help)" >&2; exit 2 ;; esac
 mkdir -p runs/logs
 ONE_THREAD="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"  # one XLA thread: one core per run
+
+quickstart() {
+  # The README's quick start (QUICK_START in the script) as a user runs it: all cores (XLA's default threading), nothing
+  # else running. Reports the wall-clock time from the start of the run to a 10-episode mean >= 400.
+  for seed in ${SEEDS:-1}; do
+    python dreamerv3_jax.py --env-id CartPole-v1 --model-size debug --batch-size 16 --batch-length 32 --train-ratio 256 \
+      --learning-rate 3e-4 --total-timesteps 15000 --save-model --exp-name dreamerv3_quickstart --seed "$seed" "$@" \
+      | tee "runs/logs/dreamerv3_quickstart_s${seed}.log"
+  done
+  quickstart_plot
+}
+
+quickstart_plot() {  # the same figure from benchmark/dreamerv3.sh, thick.sh and hieros.sh: every quick-start run so far
+  python benchmark/plot.py --runs "runs/CartPole-v1__dreamerv3_quickstart__*" "runs/CartPole-v1__thick_quickstart__*" \
+    "runs/CartPole-v1__hieros_quickstart__*" --labels DreamerV3 THICK HIEROS --target 400 --baseline 22.3 --wall \
+    --title "Quick start: CartPole-v1, 15k steps, 2-core CPU" --out benchmark/results/quickstart.png
+}
 
 cartpole() {
   # debug preset, batch 16 x 32, train ratio 256 (0.5 updates per env step), lr 3e-4 (warm-up 1000), 30k env steps.
@@ -69,6 +87,6 @@ plot() {
 }
 
 case "$GROUP" in
-  cartpole | crafter | baseline | plot) "$GROUP" "$@" ;;
+  quickstart | quickstart_plot | cartpole | crafter | baseline | plot) "$GROUP" "$@" ;;
   all) cartpole "$@"; crafter "$@"; baseline; plot ;;
 esac

@@ -2,6 +2,7 @@
 # HIEROS (hieros_s5_torch.py): the exact commands behind the figures in benchmark/results/ that the README and
 # docs/hieros.md show. Run from the repository root with the requirements installed; curves are read back from runs/ by
 # benchmark/plot.py, stdout logs go to runs/logs/.
+#   bash benchmark/hieros.sh quickstart       # the README's quick start for as long as DreamerV3's took (quickstart.json)
 #   bash benchmark/hieros.sh cartpole         # CartPole-v1 at DreamerV3's budget, 1 and 3 levels, seeds 1 and 2
 #   bash benchmark/hieros.sh cartpole_8envs   # the earlier CartPole recipe (8 envs, small batch), 1 and 3 levels, seed 1
 #   bash benchmark/hieros.sh crafter          # Crafter, debug preset, 3 levels (seeds 1-4) and 1 level (seed 1)
@@ -15,9 +16,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 GROUP="${1:-all}"
 shift || true
-case "$GROUP" in cartpole | cartpole_8envs | crafter | plot | all) ;; *)
+case "$GROUP" in quickstart | cartpole | cartpole_8envs | crafter | plot | all) ;; *)
   echo "error: unknown group '$GROUP' (see --help)" >&2; exit 2 ;; esac
 mkdir -p runs/logs
+
+quickstart() {
+  # The README's quick start (QUICK_START in the script) as a user runs it (all cores, nothing else running), stopped
+  # with Ctrl-C after MINUTES (default 15: about what the DreamerV3 quick start takes): how far it gets in that time.
+  for seed in ${SEEDS:-1}; do
+    timeout --signal=INT "${MINUTES:-15}m" python hieros_s5_torch.py --env-id CartPole-v1 --model-size small \
+      --batch-size 16 --batch-length 32 --train-ratio 256 --model-lr 3e-4 --actor-lr 3e-4 --critic-lr 3e-4 \
+      --max-hierarchy 1 --total-timesteps 15000 --save-model --exp-name hieros_quickstart --seed "$seed" "$@" \
+      | tee "runs/logs/hieros_quickstart_s${seed}.log" || true
+  done
+  bash benchmark/dreamerv3.sh quickstart_plot
+}
 
 cartpole() {
   # DreamerV3's CartPole budget (benchmark/dreamerv3.sh cartpole): 1 env, batch 16 x 32, train ratio 256 (0.5 level-0
@@ -86,6 +99,6 @@ plot() {
 }
 
 case "$GROUP" in
-  cartpole | cartpole_8envs | crafter | plot) "$GROUP" "$@" ;;
+  quickstart | cartpole | cartpole_8envs | crafter | plot) "$GROUP" "$@" ;;
   all) cartpole "$@"; cartpole_8envs "$@"; crafter "$@"; plot ;;
 esac

@@ -15,7 +15,8 @@ Writes the figure to --out and the summary to --json (default: --out with .json)
   episodes, last_step, first10_mean, last10_mean (last 10 episodes), last10pct_mean (episodes in the last 10 % of the
   steps), max, eval_mean / eval_std (`eval/episodic_return`, written by --save-model), and on request
   target (--target V: the first episode >= V and the step from which 10 consecutive episodes average >= V),
-  bins (--bin N: mean +- standard error of the episodes that ended in each N-step bin) and
+  with --wall also the wall-clock seconds (since the run's event file was created) of that 10-episode mean and of the
+  last episode, bins (--bin N: mean +- standard error of the episodes that ended in each N-step bin) and
   windows (--crafter-window N: Crafter success rates and score of the training episodes inside each N-step window).
 A run resumed from a checkpoint logs again from the checkpoint's step; its overwritten points are dropped.
 """
@@ -36,8 +37,10 @@ LEVELS = 3  # "{L}" in a --panels tag expands to the HIEROS levels 0 .. LEVELS-1
 # ---------------------------------------------------------------------------------------------------------------------
 # 1. Reading the event files
 # ---------------------------------------------------------------------------------------------------------------------
-def load_run(run_dir: str) -> dict:
-    """{tag: (steps, values)} of every scalar tag of one run directory, with a resumed run's overwritten points dropped."""
+def load_run(run_dir: str, walls: dict | None = None) -> dict:
+    """{tag: (steps, values)} of every scalar tag of one run directory, with a resumed run's overwritten points dropped.
+    With `walls` (a dict), also fills walls[tag] = (steps, seconds since the event file was created, i.e. since the run
+    started, less the imports); only meaningful for a run that was not resumed."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # imported late: --help stays fast
 
     acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
@@ -46,6 +49,9 @@ def load_run(run_dir: str) -> dict:
     for tag in acc.Tags()["scalars"]:
         events = acc.Scalars(tag)
         out[tag] = drop_overwritten(np.array([e.step for e in events]), np.array([e.value for e in events], float))
+        if walls is not None:
+            t0 = acc.FirstEventTimestamp()
+            walls[tag] = drop_overwritten(np.array([e.step for e in events]), np.array([e.wall_time - t0 for e in events]))
     return out
 
 
@@ -132,8 +138,9 @@ def crafter_windows(x, returns, rates_by_name: dict, width: int) -> list:
     return rows
 
 
-def summarize(x, y, evals=None, target=None, bin_width=0) -> dict:
-    """The per-run numbers of the summary (see the module docstring); x, y: episode end steps and returns."""
+def summarize(x, y, evals=None, target=None, bin_width=0, wall=None) -> dict:
+    """The per-run numbers of the summary (see the module docstring); x, y: episode end steps and returns; wall: the
+    seconds since the start at which each episode was logged (adds wall-clock times to `target`)."""
     tail = y[x >= 0.9 * x[-1]]  # episodes in the last 10 % of the steps
     s = {"episodes": int(len(y)), "last_step": int(x[-1]), "first10_mean": round(float(y[:10].mean()), 2),
          "last10_mean": round(float(y[-10:].mean()), 2), "last10pct_mean": round(float(tail.mean()), 2),
@@ -143,6 +150,9 @@ def summarize(x, y, evals=None, target=None, bin_width=0) -> dict:
     if target is not None:
         first, sustained = first_sustained(x, y, target)
         s["target"] = {"value": target, "first_episode_at": first, "mean10_at": sustained}
+        if wall is not None:
+            s["target"]["mean10_wall_s"] = None if sustained is None else round(float(wall[x == sustained][0]), 1)
+            s["last_step_wall_s"] = round(float(wall[-1]), 1)
     if bin_width:
         s["bins"] = bins(x, y, bin_width)
     return s
@@ -167,6 +177,7 @@ def main(argv=None):
     p.add_argument("--bin", type=int, default=0, help="mean +- standard error per bin of this many env steps")
     p.add_argument("--crafter-window", type=int, default=0, help="Crafter success rates and score per window of steps")
     p.add_argument("--random", default=None, help="JSON of benchmark/random_baseline.py, copied into the summary")
+    p.add_argument("--wall", action="store_true", help="add wall-clock seconds since the run started to the summary")
     a = p.parse_args(argv)
     sys.path.insert(0, ROOT)  # `common`, for --crafter-window
 
@@ -180,7 +191,8 @@ def main(argv=None):
         matches = sorted(glob.glob(pattern))
         for run in matches:
             given = a.labels[i] if a.labels and i < len(a.labels) else None
-            runs.append((run_label(run, given, several=len(matches) > 1), run, load_run(run)))
+            walls = {} if a.wall else None
+            runs.append((run_label(run, given, several=len(matches) > 1), run, load_run(run, walls), walls))
     if not runs:
         sys.exit(f"error: no run directory matches {a.runs}")
 
@@ -188,13 +200,16 @@ def main(argv=None):
     ax = axes[0, 0]
     command = "python benchmark/plot.py " + " ".join(sys.argv[1:] if argv is None else argv)
     summary = {"title": a.title, "command": command, "baseline": a.baseline, "runs": []}
-    for label, run, s in runs:
-        x, y = next((s[t] for t in a.tag if t in s and len(s[t][1])), (np.zeros(0), np.zeros(0)))
-        if not len(y):
+    for label, run, s, walls in runs:
+        tag = next((t for t in a.tag if t in s and len(s[t][1])), None)
+        if tag is None:
             continue
+        x, y = s[tag]
+        wall = walls[tag][1] if walls else None
         ys = smooth(y, a.smooth)
         ax.plot(x[len(x) - len(ys) :], ys, label=label)
-        row = {"label": label, "run": run, **summarize(x, y, s.get("eval/episodic_return", (None, None))[1], a.target, a.bin)}
+        evals = s.get("eval/episodic_return", (None, None))[1]
+        row = {"label": label, "run": run, **summarize(x, y, evals, a.target, a.bin, wall)}
         if a.crafter_window:
             rates = {t.split("/", 1)[1]: v[1] for t, v in s.items() if t.startswith("achievements/")}
             row["windows"] = crafter_windows(x, y, rates, a.crafter_window)
@@ -206,7 +221,7 @@ def main(argv=None):
     ax.set(xlabel="env steps", ylabel=f"{' / '.join(a.tag)} (mean of {a.smooth})", title=a.title)
     ax.legend(fontsize=7)
     for ax, tag in zip(axes[0, 1:], a.panels, strict=True):  # diagnostics, one subplot per tag
-        for label, _, s in runs:
+        for label, _, s, _ in runs:
             for lvl in range(LEVELS) if "{L}" in tag else [None]:
                 t = tag.format(L=lvl) if lvl is not None else tag
                 if t in s:

@@ -2,6 +2,7 @@
 # THICK Dreamer (thick_dreamer_jax.py): the exact commands behind the figures in benchmark/results/ that the README and
 # docs/thick.md show. Run from the repository root with the requirements installed; curves are read back from runs/ by
 # benchmark/plot.py, stdout logs go to runs/logs/.
+#   bash benchmark/thick.sh quickstart  # the README's quick start, timed on an otherwise idle machine (quickstart.json)
 #   bash benchmark/thick.sh cartpole    # CartPole-v1, seeds 1 and 2 (about 80 min each on one CPU core)
 #   bash benchmark/thick.sh crafter     # Crafter, 1m preset, beta 100: the twin of `bash benchmark/dreamerv3.sh crafter`
 #   bash benchmark/thick.sh sparsity    # offline beta sweep on random-policy Crafter data (about 45 min)
@@ -17,10 +18,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 GROUP="${1:-all}"
 shift || true
-case "$GROUP" in cartpole | crafter | sparsity | alignment | speed | plot | all) ;; *)
+case "$GROUP" in quickstart | cartpole | crafter | sparsity | alignment | speed | plot | all) ;; *)
   echo "error: unknown group '$GROUP' (see --help)" >&2; exit 2 ;; esac
 mkdir -p runs/logs runs/probes
 ONE_THREAD="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"  # one XLA thread: one core per run
+
+quickstart() {
+  # The README's quick start (QUICK_START in the script) as a user runs it: all cores (XLA's default threading), nothing
+  # else running. Reports the wall-clock time from the start of the run to a 10-episode mean >= 400.
+  for seed in ${SEEDS:-1}; do
+    python thick_dreamer_jax.py --env-id CartPole-v1 --model-size debug --batch-size 16 --batch-length 32 \
+      --train-ratio 256 --learning-rate 3e-4 --total-timesteps 15000 --save-model --exp-name thick_quickstart \
+      --seed "$seed" "$@" | tee "runs/logs/thick_quickstart_s${seed}.log"
+  done
+  bash benchmark/dreamerv3.sh quickstart_plot
+}
 
 cartpole() {
   # DreamerV3's CartPole recipe (benchmark/dreamerv3.sh cartpole) with beta 1: debug preset, batch 16 x 32, train
@@ -75,6 +87,6 @@ plot() {
 }
 
 case "$GROUP" in
-  cartpole | crafter | sparsity | alignment | speed | plot) "$GROUP" "$@" ;;
+  quickstart | cartpole | crafter | sparsity | alignment | speed | plot) "$GROUP" "$@" ;;
   all) cartpole "$@"; crafter "$@"; sparsity; alignment; speed; plot ;;
 esac

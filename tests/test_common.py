@@ -338,6 +338,9 @@ def test_plot_summary_numbers():
     s = plot.summarize(x, y, evals=np.array([500.0, 480.0]), target=400)
     assert s["last10_mean"] == 399.0 and s["eval_mean"] == 490.0 and s["eval_std"] == 10.0
     assert s["last10pct_mean"] == 400.0 and s["target"] == {"value": 400, "first_episode_at": 200, "mean10_at": 1100}
+    s = plot.summarize(x, y, target=400, wall=np.arange(1, 13) * 10.0)  # --wall: episode k logged k x 10 s after the start
+    assert s["target"]["mean10_wall_s"] == 110.0 and s["last_step_wall_s"] == 120.0
+    assert plot.summarize(x, y, target=410, wall=np.arange(1, 13) * 10.0)["target"]["mean10_wall_s"] is None
 
 
 # every benchmark script (top level, speed/, probes/); benchmark/parity/ has its own tests
