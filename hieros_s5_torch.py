@@ -2263,7 +2263,8 @@ def main(args: Args):
         torch.set_num_threads(args.threads if args.threads > 0 else 1)
 
     # ALGO LOGIC: initialize agent here (every level's networks, optimizers and replay)
-    print(f"building the networks of {args.max_hierarchy} levels (--model-size {args.model_size})", flush=True)
+    levels = f"{args.max_hierarchy} level" + ("s" if args.max_hierarchy > 1 else "")
+    print(f"building the networks of {levels} (--model-size {args.model_size})", flush=True)
     agent = Agent(obs_space, act_space, args).to(device)
     replays = make_replays(agent, obs_space, args, seed)  # refuses replays beyond this machine's RAM
     optims = [make_optimizers(lv, args) for lv in agent.levels]
