@@ -6,7 +6,7 @@
 #   bash benchmark/hieros.sh cartpole         # CartPole-v1 at DreamerV3's budget, 1 and 3 levels, seeds 1 and 2
 #   bash benchmark/hieros.sh cartpole_8envs   # the earlier CartPole recipe (8 envs, small batch), 1 and 3 levels, seed 1
 #   bash benchmark/hieros.sh crafter          # Crafter, debug preset, 3 levels (seeds 1-4) and 1 level (seed 1)
-#   bash benchmark/hieros.sh plot             # hieros_cartpole*.{png,json}, hieros_crafter.{png,json}
+#   bash benchmark/hieros.sh plot             # hieros_cartpole*.{png,json} (+ _levels.png), hieros_crafter.{png,json}
 #   bash benchmark/hieros.sh                  # all of the above, one run after the other
 #   SEEDS="1" LEVELS="3" bash benchmark/hieros.sh cartpole   # fewer runs; flags after the group go to every run
 # Each run uses one torch thread (one CPU core). The paper configuration (3 levels, batch 16 x 64, train ratio 1024)
@@ -84,6 +84,11 @@ plot() {
   python benchmark/plot.py --runs "runs/CartPole-v1__hieros_cartpole_L1__*" "runs/CartPole-v1__hieros_cartpole_L3__*" \
     "runs/CartPole-v1__dreamerv3_cartpole_debug__*" --labels "HIEROS, 1 level" "HIEROS, 3 levels" DreamerV3 \
     --target 400 --baseline 22.3 --title "CartPole-v1 at DreamerV3's budget" --out benchmark/results/hieros_cartpole.png
+  # the per-level diagnostics of those runs: actor entropy, imagined subgoal reward, reward loss
+  python benchmark/plot.py --runs "runs/CartPole-v1__hieros_cartpole_L1__*" "runs/CartPole-v1__hieros_cartpole_L3__*" \
+    --labels "1 level" "3 levels" --panels "losses/entropy_L{L}" "hieros/imag_subgoal_reward_L{L}" "losses/wm_reward_L{L}" \
+    --title "hieros_s5_torch.py, CartPole-v1 at DreamerV3's budget: levels" \
+    --out benchmark/results/hieros_cartpole_levels.png --json runs/logs/hieros_cartpole_levels.json
   python benchmark/plot.py --runs "runs/CartPole-v1__hieros_cartpole_L1_8envs__*" "runs/CartPole-v1__hieros_cartpole_L3_8envs__*" \
     --labels "1 level" "3 levels" --panels "${LEVEL_PANELS[@]}" --title "hieros_s5_torch.py, CartPole-v1, 8 envs" \
     --out benchmark/results/hieros_cartpole_8envs.png
